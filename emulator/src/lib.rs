@@ -1,0 +1,1 @@
+//! The Teams emulator (being written).

@@ -1,0 +1,64 @@
+//! The admin listener every service runs: `/healthz` (the process is alive) and `/readyz`
+//! (its dependencies answer), kept apart from the public port so probes and scrapes never
+//! compete with traffic.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use serde_json::json;
+
+use crate::{amqp::Broker, store::Redis};
+
+/// Answers whether one dependency is usable right now.
+pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// Redis and RabbitMQ, the dependencies of both services.
+#[derive(Clone)]
+pub struct Readiness {
+    checks: Vec<(&'static str, ReadinessCheck)>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.checks.iter().map(|(name, _)| name)).finish()
+    }
+}
+
+impl Readiness {
+    pub fn new(redis: Redis, broker: Broker) -> Self {
+        let redis_check: ReadinessCheck = Arc::new(move || {
+            let redis = redis.clone();
+            Box::pin(async move { redis.ping().await })
+        });
+        let broker_check: ReadinessCheck = Arc::new(move || {
+            let ready = broker.is_ready();
+            Box::pin(async move { ready })
+        });
+        Self { checks: vec![("redis", redis_check), ("rabbitmq", broker_check)] }
+    }
+
+    /// Each dependency's state, checked concurrently.
+    pub async fn check(&self) -> Vec<(&'static str, bool)> {
+        let results = futures_util::future::join_all(self.checks.iter().map(|(_, check)| check())).await;
+        self.checks.iter().map(|(name, _)| *name).zip(results).collect()
+    }
+}
+
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .with_state(readiness)
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
+    let checks = readiness.check().await;
+    let ready = checks.iter().all(|(_, ok)| *ok);
+    let body = json!({
+        "status": if ready { "ready" } else { "unready" },
+        "checks": checks.iter().map(|(name, ok)| (name.to_string(), json!(if *ok { "up" } else { "down" })))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
+}

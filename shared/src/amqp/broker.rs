@@ -1,0 +1,169 @@
+//! The link to RabbitMQ, kept alive by a supervisor task.
+//!
+//! Services start while the broker is down and stay up through outages: the supervisor
+//! connects with backoff, declares the topology, opens a publisher-confirm channel and
+//! publishes the [`Link`]; when the connection or that channel dies it withdraws the link and
+//! starts again. Everything that uses the broker reads the current link (or waits for the next
+//! one), so readiness is simply "is there a link".
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{Channel, Connection, ConnectionProperties, options::ConfirmSelectOptions, uri::AMQPUri};
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::topology::Topology;
+use crate::config::SecretUrl;
+
+/// A live connection with its topology declared and a confirm-mode channel for publishing.
+#[derive(Clone)]
+pub struct Link {
+    pub connection: Arc<Connection>,
+    pub publish_channel: Channel,
+    /// Increases with every reconnection, so consumers can tell a new link from the old.
+    pub epoch: u64,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    fn alive(&self) -> bool {
+        self.connection.status().connected() && self.publish_channel.status().connected()
+    }
+}
+
+/// The AMQP URL could not be parsed as lapin reads it.
+#[derive(Debug, thiserror::Error)]
+#[error("HERALD_AMQP_URL is not a valid AMQP URI: {0}")]
+pub struct InvalidAmqpUrl(String);
+
+#[derive(Clone)]
+pub struct Broker {
+    topology: Topology,
+    state: watch::Receiver<Option<Link>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("ready", &self.is_ready()).finish_non_exhaustive()
+    }
+}
+
+/// How long a connection attempt may take before it is abandoned and retried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeats find a silently dead connection (a cut network) within about two intervals.
+const HEARTBEAT_SECS: u16 = 5;
+/// How often the supervisor looks at a live link's health between connection events.
+const HEALTH_CHECK: Duration = Duration::from_millis(500);
+
+impl Broker {
+    /// Starts the supervisor. It runs until `stop` is cancelled, then closes the connection.
+    /// Services cancel `stop` last, after their consumers have acked what they finished.
+    pub fn start(
+        url: &SecretUrl,
+        topology: Topology,
+        name: &str,
+        stop: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Self, InvalidAmqpUrl> {
+        let mut uri: AMQPUri = url.expose().parse().map_err(InvalidAmqpUrl)?;
+        uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+        let (sender, state) = watch::channel(None);
+        tracker.spawn(supervise(uri, topology.clone(), name.to_owned(), sender, stop));
+        Ok(Self { topology, state })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn current(&self) -> Option<Link> {
+        self.state.borrow().clone().filter(Link::alive)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Changes of the link, for consumers that must restart on every new link.
+    pub fn watch(&self) -> watch::Receiver<Option<Link>> {
+        self.state.clone()
+    }
+}
+
+async fn supervise(
+    uri: AMQPUri,
+    topology: Topology,
+    name: String,
+    state: watch::Sender<Option<Link>>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut epoch = 0;
+    while !stop.is_cancelled() {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&uri, &topology, &name));
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => break,
+            outcome = attempt => outcome,
+        };
+        match outcome {
+            Ok(Ok((connection, publish_channel))) => {
+                epoch += 1;
+                backoff = Duration::from_millis(100);
+                let link = Link { connection: Arc::new(connection), publish_channel, epoch };
+                tracing::info!(epoch, "connected to RabbitMQ; topology declared");
+                state.send_replace(Some(link.clone()));
+                let stopped = wait_until_lost(&link, &stop).await;
+                state.send_replace(None);
+                if stopped {
+                    let _ = link.connection.close(200, "shutting down".into()).await;
+                    return;
+                }
+                tracing::warn!(epoch, "lost the RabbitMQ connection; reconnecting");
+                let _ = link.connection.close(320, "reconnecting".into()).await;
+            }
+            Ok(Err(error)) => tracing::warn!(%error, retry_in = ?backoff, "cannot reach RabbitMQ"),
+            Err(_) => tracing::warn!(retry_in = ?backoff, "connecting to RabbitMQ timed out"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    state.send_replace(None);
+}
+
+async fn connect(uri: &AMQPUri, topology: &Topology, name: &str) -> lapin::Result<(Connection, Channel)> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let connection = Connection::connect_uri(uri.clone(), properties).await?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok((connection, channel))
+}
+
+/// Waits until the link dies (true: because `stop` was cancelled).
+async fn wait_until_lost(link: &Link, stop: &CancellationToken) -> bool {
+    let mut events = link.connection.events_listener();
+    let mut health = tokio::time::interval(HEALTH_CHECK);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return true,
+            event = events.next() => match event {
+                Some(lapin::Event::Error(error)) => {
+                    tracing::warn!(%error, "RabbitMQ connection error");
+                    return false;
+                }
+                None => return false,
+                Some(_) => {}
+            },
+            _ = health.tick() => if !link.alive() { return false },
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! AMQP headers that carry Herald's bookkeeping beside the public job body.
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+/// W3C trace context, continued from the request that created the job.
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+/// Calls made to Teams for this job so far.
+pub const ATTEMPTS: &str = "x-herald-attempts";
+/// Unix milliseconds before which the job must not be sent (retry backoff; `deliverAt` is in
+/// the body). Lets the dispatcher wait out the sub-second rest of a delay.
+pub const NOT_BEFORE: &str = "x-herald-not-before";
+/// Why a message was dead-lettered, and where from.
+pub const DEAD_REASON: &str = "x-herald-reason";
+pub const DEAD_AT: &str = "x-herald-dead-at";
+
+/// Reads a header as text, whatever string type the publisher used.
+pub fn text(headers: Option<&FieldTable>, key: &str) -> Option<String> {
+    match headers?.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Reads a header as an integer, whatever integer type the publisher used.
+pub fn integer(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
+    Some(match headers?.inner().get(key)? {
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        AMQPValue::ShortShortInt(n) => i64::from(*n),
+        AMQPValue::ShortShortUInt(n) => i64::from(*n),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok()?,
+        _ => return None,
+    })
+}
+
+pub fn set_text(headers: &mut FieldTable, key: &str, value: &str) {
+    headers.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+}
+
+pub fn set_integer(headers: &mut FieldTable, key: &str, value: i64) {
+    headers.insert(ShortString::from(key), AMQPValue::LongLongInt(value));
+}
+
+/// The headers worth keeping when a job is republished (to a delay level or the dead-letter
+/// queue): Herald's own and the trace context, not RabbitMQ's `x-death` history.
+pub fn carried_over(headers: Option<&FieldTable>) -> FieldTable {
+    let mut kept = FieldTable::default();
+    if let Some(headers) = headers {
+        for (key, value) in headers.inner() {
+            let key = key.as_str();
+            if key == TRACEPARENT || key == TRACESTATE || key.starts_with("x-herald-") {
+                kept.insert(ShortString::from(key), value.clone());
+            }
+        }
+    }
+    kept
+}

@@ -1,0 +1,472 @@
+//! Configuration from the environment (DESIGN.md "Configuration"), validated once at start.
+//!
+//! Every service builds its own config from an [`Env`] (the process environment in the
+//! binaries, a map in tests). A missing or malformed value is a [`ConfigError`] naming the
+//! variable; the binaries print it on one line and exit non-zero. `Debug` output is safe to
+//! log: passwords in URLs and secrets are redacted.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::{allowlist::ServiceUrlAllowlist, cloud::Cloud};
+
+/// A source of configuration variables. Empty values count as unset.
+#[derive(Debug, Clone, Default)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self(std::env::vars().collect())
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, key: &'static str) -> Result<&str, ConfigError> {
+        self.get(key).ok_or_else(|| ConfigError::new(key, "is required but not set"))
+    }
+
+    fn parse_or<T: FromStr>(&self, key: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|e| ConfigError::new(key, format!("{raw:?}: {e}"))),
+        }
+    }
+
+    fn duration_or(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => humantime::parse_duration(raw)
+                .map_err(|e| ConfigError::new(key, format!("{raw:?} is not a duration ({e}); try 10s or 5m"))),
+        }
+    }
+
+    fn url_or(&self, key: &'static str, default: &str) -> Result<Url, ConfigError> {
+        let raw = self.get(key).unwrap_or(default);
+        Url::parse(raw).map_err(|e| ConfigError::new(key, format!("{raw:?} is not a URL ({e})")))
+    }
+}
+
+/// A configuration value that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error: {variable} {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+        Self { variable, reason: reason.into() }
+    }
+}
+
+/// Prefix of every AMQP exchange/queue name and Redis key: isolates deployments and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Namespace {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("must be 1-64 characters of a-z, 0-9, - and _".into())
+        }
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A URL that may carry a password; `Debug` and `Display` hide it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(Url);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// The bot's Entra app registration.
+#[derive(Debug, Clone)]
+pub struct BotCredentials {
+    pub app_id: String,
+    pub app_password: SecretString,
+    /// Set for single-tenant bots; `None` means multi-tenant.
+    pub tenant_id: Option<String>,
+}
+
+/// Where tokens come from and how inbound tokens are checked, after cloud preset + overrides.
+#[derive(Debug, Clone)]
+pub struct TeamsEndpoints {
+    pub cloud: Cloud,
+    pub token_url: Url,
+    pub token_scope: String,
+    pub openid_metadata_url: Url,
+    pub token_issuer: String,
+    pub default_service_url: Option<String>,
+    pub service_url_allowlist: ServiceUrlAllowlist,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            _ => Err("expected json or pretty".into()),
+        }
+    }
+}
+
+/// Settings both services share.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    pub namespace: Namespace,
+    pub redis_url: SecretUrl,
+    pub amqp_url: SecretUrl,
+    pub bot: BotCredentials,
+    pub teams: TeamsEndpoints,
+    /// How long a job's status record is kept after its last change.
+    pub status_ttl: Duration,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+}
+
+impl CommonConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let namespace = env.parse_or("HERALD_NAMESPACE", Namespace("herald".into()))?;
+        let redis_url = SecretUrl(env.url_or("HERALD_REDIS_URL", "redis://127.0.0.1:6379")?);
+        if !matches!(redis_url.0.scheme(), "redis" | "rediss") {
+            return Err(ConfigError::new("HERALD_REDIS_URL", "must be a redis:// or rediss:// URL"));
+        }
+        let amqp_url = SecretUrl(env.url_or("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")?);
+        if !matches!(amqp_url.0.scheme(), "amqp" | "amqps") {
+            return Err(ConfigError::new("HERALD_AMQP_URL", "must be an amqp:// or amqps:// URL"));
+        }
+        let bot = BotCredentials {
+            app_id: env.required("HERALD_APP_ID")?.to_owned(),
+            app_password: SecretString::from(env.required("HERALD_APP_PASSWORD")?.to_owned()),
+            tenant_id: env.get("HERALD_APP_TENANT_ID").map(str::to_owned),
+        };
+        let teams = teams_endpoints(env, &bot)?;
+        Ok(Self {
+            namespace,
+            redis_url,
+            amqp_url,
+            bot,
+            teams,
+            status_ttl: env.duration_or("HERALD_STATUS_TTL", Duration::from_secs(7 * 24 * 3600))?,
+            log_format: env.parse_or("HERALD_LOG_FORMAT", LogFormat::Json)?,
+            log_filter: env.get("RUST_LOG").unwrap_or("info").to_owned(),
+        })
+    }
+}
+
+fn teams_endpoints(env: &Env, bot: &BotCredentials) -> Result<TeamsEndpoints, ConfigError> {
+    let cloud: Cloud = env.parse_or("HERALD_CLOUD", Cloud::Public)?;
+    let preset = cloud.endpoints();
+    // Single-tenant bots get their token from their own tenant (TEAMS.md §2).
+    let token_tenant = bot.tenant_id.as_deref().unwrap_or(preset.multi_tenant_tenant);
+    let default_token_url = format!("{}/{token_tenant}/oauth2/v2.0/token", preset.login_host);
+    let default_service_url = match env.get("HERALD_DEFAULT_SERVICE_URL") {
+        Some(raw) => Some(
+            Url::parse(raw)
+                .map_err(|e| ConfigError::new("HERALD_DEFAULT_SERVICE_URL", format!("{raw:?} is not a URL ({e})")))?
+                .to_string(),
+        ),
+        None => preset.default_service_url.map(str::to_owned),
+    };
+    let allowlist_raw = env
+        .get("HERALD_SERVICE_URL_ALLOWLIST")
+        .map(str::to_owned)
+        .unwrap_or_else(|| preset.service_url_allowlist.join(","));
+    let service_url_allowlist: ServiceUrlAllowlist = allowlist_raw
+        .parse()
+        .map_err(|e: String| ConfigError::new("HERALD_SERVICE_URL_ALLOWLIST", e))?;
+    if let Some(url) = &default_service_url {
+        if !service_url_allowlist.allows(url) {
+            return Err(ConfigError::new(
+                "HERALD_DEFAULT_SERVICE_URL",
+                format!("{url:?} is not allowed by HERALD_SERVICE_URL_ALLOWLIST ({service_url_allowlist})"),
+            ));
+        }
+    }
+    Ok(TeamsEndpoints {
+        cloud,
+        token_url: env.url_or("HERALD_TOKEN_URL", &default_token_url)?,
+        token_scope: env.get("HERALD_TOKEN_SCOPE").unwrap_or(preset.token_scope).to_owned(),
+        openid_metadata_url: env.url_or("HERALD_OPENID_METADATA_URL", preset.openid_metadata_url)?,
+        token_issuer: env.get("HERALD_TOKEN_ISSUER").unwrap_or(preset.token_issuer).to_owned(),
+        default_service_url,
+        service_url_allowlist,
+    })
+}
+
+/// The ingress service's settings.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    pub common: CommonConfig,
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// Bearer keys accepted on `/v1`; empty means `/v1` refuses every call.
+    pub api_keys: Vec<SecretString>,
+    pub welcome_text: String,
+    pub reminder_text: String,
+    pub reminder_delay: Duration,
+}
+
+impl IngressConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env(env)?,
+            http_addr: env.parse_or("HERALD_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 3978)))?,
+            admin_addr: env.parse_or("HERALD_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
+            api_keys: env
+                .get("HERALD_API_KEYS")
+                .map(|keys| {
+                    keys.split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(|k| SecretString::from(k.to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            welcome_text: env
+                .get("HERALD_WELCOME_TEXT")
+                .unwrap_or("Hi! I am going to remind you to say something to me soon!")
+                .to_owned(),
+            reminder_text: env
+                .get("HERALD_REMINDER_TEXT")
+                .unwrap_or("Hey! It's been a while. How are you?")
+                .to_owned(),
+            reminder_delay: env.duration_or("HERALD_REMINDER_DELAY", Duration::from_secs(10))?,
+        })
+    }
+
+    /// Whether `presented` is one of the configured API keys, compared in constant time.
+    pub fn api_key_matches(&self, presented: &str) -> bool {
+        self.api_keys
+            .iter()
+            .fold(false, |found, key| found | constant_time_eq(key.expose_secret().as_bytes(), presented.as_bytes()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Backoff for transient failures: one entry per retry, the last repeating; each is jittered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(Vec<Duration>);
+
+impl RetrySchedule {
+    /// The nominal delay before retry number `retry` (1-based).
+    pub fn nominal(&self, retry: u32) -> Duration {
+        let index = (retry.max(1) as usize - 1).min(self.0.len() - 1);
+        self.0[index]
+    }
+}
+
+impl FromStr for RetrySchedule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let steps = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| humantime::parse_duration(p).map_err(|e| format!("{p:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if steps.is_empty() {
+            return Err("needs at least one duration, e.g. 1s,5s,30s".into());
+        }
+        Ok(Self(steps))
+    }
+}
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        "1s,4s,15s,1m,4m,15m".parse().expect("the default schedule parses")
+    }
+}
+
+/// The dispatcher service's settings.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    pub common: CommonConfig,
+    pub admin_addr: SocketAddr,
+    /// Deliveries in flight at once (AMQP prefetch); each is handled by its own task.
+    pub prefetch: u16,
+    pub retry_schedule: RetrySchedule,
+    /// Calls to Teams a job may make before it ends `failed`.
+    pub max_attempts: u32,
+    pub shutdown_grace: Duration,
+    /// How long a send claim holds off other copies of the same job; longer than a send can take.
+    pub send_lease: Duration,
+    /// Timeout of one Bot Connector call.
+    pub send_timeout: Duration,
+}
+
+impl DispatcherConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let config = Self {
+            common: CommonConfig::from_env(env)?,
+            admin_addr: env.parse_or("HERALD_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9091)))?,
+            prefetch: env.parse_or("HERALD_PREFETCH", 256)?,
+            retry_schedule: env.parse_or("HERALD_RETRY_SCHEDULE", RetrySchedule::default())?,
+            max_attempts: env.parse_or("HERALD_MAX_ATTEMPTS", 8)?,
+            shutdown_grace: env.duration_or("HERALD_SHUTDOWN_GRACE", Duration::from_secs(25))?,
+            send_lease: env.duration_or("HERALD_SEND_LEASE", Duration::from_secs(30))?,
+            send_timeout: env.duration_or("HERALD_SEND_TIMEOUT", Duration::from_secs(10))?,
+        };
+        if config.prefetch == 0 {
+            return Err(ConfigError::new("HERALD_PREFETCH", "must be at least 1"));
+        }
+        if config.max_attempts == 0 {
+            return Err(ConfigError::new("HERALD_MAX_ATTEMPTS", "must be at least 1"));
+        }
+        if config.send_lease <= config.send_timeout {
+            return Err(ConfigError::new(
+                "HERALD_SEND_LEASE",
+                format!("must be longer than HERALD_SEND_TIMEOUT ({:?})", config.send_timeout),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Env {
+        Env::from_pairs([("HERALD_APP_ID", "app"), ("HERALD_APP_PASSWORD", "s3cret")])
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = IngressConfig::from_env(&base()).unwrap();
+        assert_eq!(c.common.namespace.as_str(), "herald");
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:3978");
+        assert_eq!(c.admin_addr.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.reminder_delay, Duration::from_secs(10));
+        assert_eq!(
+            c.common.teams.token_url.as_str(),
+            "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token"
+        );
+        assert_eq!(c.common.teams.token_issuer, "https://api.botframework.com");
+        assert!(c.api_keys.is_empty());
+        let d = DispatcherConfig::from_env(&base()).unwrap();
+        assert_eq!(d.admin_addr.to_string(), "0.0.0.0:9091");
+        assert_eq!(d.shutdown_grace, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn single_tenant_bots_use_their_tenant_and_clouds_have_presets() {
+        let mut env = base();
+        env.set("HERALD_APP_TENANT_ID", "contoso-tenant").set("HERALD_CLOUD", "usgov");
+        let c = CommonConfig::from_env(&env).unwrap();
+        assert_eq!(c.teams.token_url.as_str(), "https://login.microsoftonline.us/contoso-tenant/oauth2/v2.0/token");
+        assert_eq!(c.teams.token_scope, "https://api.botframework.us/.default");
+        assert!(c.teams.service_url_allowlist.allows("https://smba.infra.gov.teams.microsoft.us/gcch"));
+        assert!(!c.teams.service_url_allowlist.allows("https://smba.trafficmanager.net/teams/"));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_value_names_the_variable() {
+        let err = CommonConfig::from_env(&Env::default()).unwrap_err();
+        assert_eq!(err.variable, "HERALD_APP_ID");
+        for (key, value) in [
+            ("HERALD_REMINDER_DELAY", "soon"),
+            ("HERALD_CLOUD", "mars"),
+            ("HERALD_NAMESPACE", "Bad Name"),
+            ("HERALD_SERVICE_URL_ALLOWLIST", "ftp://x"),
+            ("HERALD_HTTP_ADDR", "nowhere"),
+            ("HERALD_REDIS_URL", "http://127.0.0.1"),
+        ] {
+            let mut env = base();
+            env.set(key, value);
+            let err = IngressConfig::from_env(&env).unwrap_err();
+            assert_eq!(err.variable, key, "{err}");
+            assert!(err.to_string().contains(key));
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let mut env = base();
+        env.set("HERALD_AMQP_URL", "amqp://user:hunter2@rabbit:5672/%2f").set("HERALD_API_KEYS", "k-123,k-456");
+        let c = IngressConfig::from_env(&env).unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["hunter2", "s3cret", "k-123", "k-456"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(c.api_key_matches("k-456"));
+        assert!(!c.api_key_matches("k-45"));
+    }
+
+    #[test]
+    fn retry_schedule_repeats_its_last_step() {
+        let s: RetrySchedule = "1s,5s".parse().unwrap();
+        assert_eq!(s.nominal(1), Duration::from_secs(1));
+        assert_eq!(s.nominal(2), Duration::from_secs(5));
+        assert_eq!(s.nominal(9), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,126 @@
+//! REST calls to the Bot Connector at a conversation's serviceUrl.
+
+use std::{sync::Arc, time::Duration};
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::{StatusCode, header};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::{
+    error::{ConnectorError, parse_error_body, parse_retry_after},
+    token::TokenSource,
+};
+use crate::allowlist::ServiceUrlAllowlist;
+
+/// Conversation ids carry `:`, `@` and `;`; everything but unreserved characters is encoded
+/// (as teams.net does), which every Teams front end accepts.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// What Teams answered to a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentActivity {
+    /// The new activity's id; absent when Teams split the message and returned none.
+    pub id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ResourceResponse {
+    id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BotConnector {
+    http: reqwest::Client,
+    tokens: Arc<TokenSource>,
+    allowlist: ServiceUrlAllowlist,
+    timeout: Duration,
+}
+
+impl BotConnector {
+    pub fn new(http: reqwest::Client, tokens: Arc<TokenSource>, allowlist: ServiceUrlAllowlist, timeout: Duration) -> Self {
+        Self { http, tokens, allowlist, timeout }
+    }
+
+    pub fn tokens(&self) -> &TokenSource {
+        &self.tokens
+    }
+
+    pub fn allows(&self, service_url: &str) -> bool {
+        self.allowlist.allows(service_url)
+    }
+
+    /// `POST {serviceUrl}/v3/conversations/{id}/activities`.
+    pub async fn send_to_conversation(
+        &self,
+        service_url: &str,
+        conversation_id: &str,
+        activity: &serde_json::Value,
+        traceparent: Option<&str>,
+    ) -> Result<SentActivity, ConnectorError> {
+        let url = format!(
+            "{}/v3/conversations/{}/activities",
+            service_url.trim_end_matches('/'),
+            utf8_percent_encode(conversation_id, PATH_SEGMENT)
+        );
+        let body = self.call(reqwest::Method::POST, service_url, &url, Some(activity), traceparent).await?;
+        let parsed: ResourceResponse = serde_json::from_str(&body).unwrap_or(ResourceResponse { id: None });
+        Ok(SentActivity { id: parsed.id.filter(|id| !id.is_empty()) })
+    }
+
+    /// Makes one authenticated call; the allowlist is checked before a token is even fetched.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        service_url: &str,
+        url: &str,
+        body: Option<&serde_json::Value>,
+        traceparent: Option<&str>,
+    ) -> Result<String, ConnectorError> {
+        if !self.allowlist.allows(service_url) {
+            return Err(ConnectorError::ServiceUrlNotAllowed(service_url.to_owned()));
+        }
+        let token = self.tokens.token().await?;
+        let mut request = self
+            .http
+            .request(method, url)
+            .timeout(self.timeout)
+            .header(header::AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.send().await.map_err(ConnectorError::Transport)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let text = response.text().await.map_err(ConnectorError::Transport)?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // The token may have been revoked; the next call fetches a new one.
+            self.tokens.invalidate();
+        }
+        let (code, message) = parse_error_body(&text);
+        Err(ConnectorError::Teams { status: status.as_u16(), code, message, retry_after })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_ids_are_percent_encoded() {
+        let id = "19:abc@thread.tacv2;messageid=123";
+        let encoded = utf8_percent_encode(id, PATH_SEGMENT).to_string();
+        assert_eq!(encoded, "19%3Aabc%40thread.tacv2%3Bmessageid%3D123");
+        assert_eq!(utf8_percent_encode("a:1-x_y.z~", PATH_SEGMENT).to_string(), "a%3A1-x_y.z~");
+    }
+}

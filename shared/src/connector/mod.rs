@@ -1,0 +1,12 @@
+//! The Bot Connector side: the bot's token (client credentials) and the REST calls to Teams,
+//! with Teams' answers classified where they are decided (TEAMS.md §2–§3).
+
+mod client;
+mod error;
+mod token;
+
+pub use self::{
+    client::{BotConnector, SentActivity},
+    error::{ConnectorError, ErrorClass},
+    token::{TokenError, TokenSource},
+};

@@ -1,0 +1,218 @@
+//! The job: the AMQP contract other services publish to `{ns}.jobs` (DESIGN.md "The job").
+//!
+//! This module owns the body's shape and its validation; internal bookkeeping (attempts, trace
+//! context) travels in AMQP headers (see [`crate::amqp::headers`]), never in the body.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The largest message Teams accepts, measured on the activity Herald sends (TEAMS.md §2).
+pub const MAX_ACTIVITY_BYTES: usize = 28_000;
+
+/// A notification job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: String,
+    pub to: Target,
+    pub message: Message,
+    /// Absent means now.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub deliver_at: Option<OffsetDateTime>,
+    /// Once passed, the job ends `expired`, unsent.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// Who receives the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Target {
+    /// The user's personal conversation with the bot.
+    User(UserTarget),
+    /// A conversation Herald may or may not have heard from.
+    Conversation(ConversationTarget),
+    /// A new post in a team channel.
+    Channel(ChannelTarget),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserTarget {
+    pub tenant_id: String,
+    pub aad_object_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationTarget {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelTarget {
+    pub tenant_id: String,
+    pub team_id: String,
+    pub channel_id: String,
+}
+
+impl Target {
+    pub fn tenant_id(&self) -> Option<&str> {
+        match self {
+            Target::User(u) => Some(&u.tenant_id),
+            Target::Conversation(c) => c.tenant_id.as_deref(),
+            Target::Channel(c) => Some(&c.tenant_id),
+        }
+    }
+}
+
+/// A Bot Framework message activity's content.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_format: Option<TextFormat>,
+    /// Adaptive Cards and other attachments, passed to Teams as given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Mentions and other entities, passed to Teams as given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entities: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextFormat {
+    Plain,
+    Markdown,
+    Xml,
+}
+
+impl Message {
+    pub fn text(text: impl Into<String>) -> Self {
+        Self { text: Some(text.into()), ..Self::default() }
+    }
+
+    /// The message activity Herald POSTs to the Bot Connector.
+    pub fn to_activity(&self) -> serde_json::Value {
+        let mut activity = serde_json::to_value(self).unwrap_or_else(|_| serde_json::json!({}));
+        activity["type"] = "message".into();
+        activity
+    }
+}
+
+/// Why a job body is not a valid job. The text is recorded as the dead-letter reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error("the body is not a valid job: {0}")]
+    Malformed(String),
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Job {
+    /// Parses and validates a job body (as published over AMQP or posted over HTTP).
+    pub fn from_slice(body: &[u8]) -> Result<Self, JobError> {
+        let job: Job = serde_json::from_slice(body).map_err(|e| JobError::Malformed(e.to_string()))?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    pub fn validate(&self) -> Result<(), JobError> {
+        let invalid = |field, reason: &str| Err(JobError::Invalid { field, reason: reason.to_owned() });
+        if self.id.is_empty() || self.id.len() > 128 || !self.id.bytes().all(|b| b.is_ascii_graphic()) {
+            return invalid("id", "must be 1-128 printable ASCII characters");
+        }
+        match &self.to {
+            Target::User(u) if u.tenant_id.is_empty() => return invalid("to.user.tenantId", "is empty"),
+            Target::User(u) if u.aad_object_id.is_empty() => return invalid("to.user.aadObjectId", "is empty"),
+            Target::Conversation(c) if c.id.is_empty() => return invalid("to.conversation.id", "is empty"),
+            Target::Channel(c) if c.tenant_id.is_empty() || c.team_id.is_empty() || c.channel_id.is_empty() => {
+                return invalid("to.channel", "needs tenantId, teamId and channelId");
+            }
+            _ => {}
+        }
+        let m = &self.message;
+        if m.text.as_deref().is_none_or(str::is_empty) && m.attachments.is_empty() {
+            return invalid("message", "needs text or attachments");
+        }
+        let size = self.message.to_activity().to_string().len();
+        if size > MAX_ACTIVITY_BYTES {
+            return invalid("message", &format!("is {size} bytes; Teams accepts at most {MAX_ACTIVITY_BYTES}"));
+        }
+        if let (Some(deliver), Some(expires)) = (self.deliver_at, self.expires_at) {
+            if expires <= deliver {
+                return invalid("expiresAt", "must be after deliverAt");
+            }
+        }
+        Ok(())
+    }
+
+    /// When the job is due: `deliverAt`, or now.
+    pub fn due(&self, now: OffsetDateTime) -> OffsetDateTime {
+        self.deliver_at.unwrap_or(now)
+    }
+
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_design_example_parses_and_round_trips() {
+        let body = br#"{
+          "id": "0193b6f0-7c1e-7a52-9a55-3f1d0c2f9e10",
+          "to": { "user": { "tenantId": "t", "aadObjectId": "u" } },
+          "message": { "text": "Build **42** is green", "textFormat": "markdown" },
+          "deliverAt": "2026-11-25T09:00:00Z",
+          "expiresAt": "2026-11-25T10:00:00Z",
+          "someFutureField": true
+        }"#;
+        let job = Job::from_slice(body).unwrap();
+        assert_eq!(job.to, Target::User(UserTarget { tenant_id: "t".into(), aad_object_id: "u".into() }));
+        assert_eq!(job.message.text_format, Some(TextFormat::Markdown));
+        let again = Job::from_slice(&serde_json::to_vec(&job).unwrap()).unwrap();
+        assert_eq!(again, job);
+        assert_eq!(job.message.to_activity()["type"], "message");
+    }
+
+    #[test]
+    fn invalid_jobs_say_why() {
+        let cases: &[(&str, &str)] = &[
+            (r#"not json"#, "not a valid job"),
+            (r#"{"id":"a","to":{"pigeon":{}},"message":{"text":"x"}}"#, "unknown variant"),
+            (r#"{"id":"a","to":{"user":{"tenantId":"","aadObjectId":"u"}},"message":{"text":"x"}}"#, "tenantId"),
+            (r#"{"id":"a","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{}}"#, "needs text"),
+            (
+                r#"{"id":"a","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{"text":"x"},
+                   "deliverAt":"2026-11-25T10:00:00Z","expiresAt":"2026-11-25T09:00:00Z"}"#,
+                "expiresAt",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = Job::from_slice(body.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{body}: {err}");
+        }
+        let big = Job {
+            id: "a".into(),
+            to: Target::User(UserTarget { tenant_id: "t".into(), aad_object_id: "u".into() }),
+            message: Message::text("x".repeat(MAX_ACTIVITY_BYTES)),
+            deliver_at: None,
+            expires_at: None,
+        };
+        assert!(big.validate().unwrap_err().to_string().contains("Teams accepts at most"));
+    }
+}

@@ -1,0 +1,33 @@
+//! Herald's common parts, used by the ingress and the dispatcher.
+//!
+//! # Layout
+//! - [`config`]: configuration from the environment, validated once; [`cloud`] presets and the
+//!   serviceUrl [`allowlist`].
+//! - [`job`]: the job contract other services publish (the one place its shape is defined).
+//! - [`amqp`]: the RabbitMQ topology (every name and argument), the reconnecting broker link,
+//!   the confirmed publisher and the headers carrying bookkeeping.
+//! - [`store`]: Redis stores for conversation references and job status records.
+//! - [`connector`]: the bot's token and the Bot Connector REST calls, with Teams' answers
+//!   classified.
+//! - [`telemetry`]: logging setup.
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
+
+pub mod admin;
+pub mod allowlist;
+pub mod amqp;
+pub mod cloud;
+pub mod config;
+pub mod connector;
+pub mod job;
+pub mod store;
+pub mod telemetry;
+
+/// The HTTP client every outbound call uses: one connection pool per process, rustls.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build()
+        .expect("the HTTP client's fixed settings are valid")
+}

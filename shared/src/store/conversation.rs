@@ -1,0 +1,238 @@
+//! Conversation references: what Herald knows about each Teams conversation it has heard from.
+//!
+//! Keys:
+//! - `{ns}:conv:{conversationId}`: a hash, the reference itself plus install bookkeeping;
+//! - `{ns}:user:{tenantId}:{aadObjectId}`: the user's personal conversation id;
+//! - `{ns}:tenant:{tenantId}`: the tenant's most recent serviceUrl (Microsoft's multi-geo
+//!   guidance: use the latest one seen, not a global constant).
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+use time::OffsetDateTime;
+
+use super::{Redis, StoreError, parse_rfc3339, rfc3339};
+
+/// A stored conversation reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRef {
+    pub conversation_id: String,
+    /// `personal`, `groupChat` or `channel`.
+    pub conversation_type: Option<String>,
+    pub service_url: String,
+    pub tenant_id: Option<String>,
+    /// The user, for personal conversations.
+    pub user_aad_object_id: Option<String>,
+    /// The user's `29:` id, for personal conversations.
+    pub user_id: Option<String>,
+    /// The bot's `28:` id.
+    pub bot_id: Option<String>,
+    pub team_id: Option<String>,
+    pub channel_id: Option<String>,
+    pub last_seen: OffsetDateTime,
+    /// Set when the app was uninstalled, the bot removed or the team deleted (or, later, when
+    /// Teams answered that the conversation is gone); cleared by the next install or message.
+    pub removed_reason: Option<String>,
+}
+
+impl ConversationRef {
+    pub fn is_removed(&self) -> bool {
+        self.removed_reason.is_some()
+    }
+
+    pub fn is_personal(&self) -> bool {
+        self.conversation_type.as_deref() == Some("personal")
+    }
+
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("conversationId", self.conversation_id.clone()),
+            ("serviceUrl", self.service_url.clone()),
+            ("lastSeen", rfc3339(self.last_seen)),
+        ];
+        // Only what this activity carried is written: a later activity lacking, say, the
+        // team id must not erase it.
+        let optional = [
+            ("conversationType", &self.conversation_type),
+            ("tenantId", &self.tenant_id),
+            ("userAadObjectId", &self.user_aad_object_id),
+            ("userId", &self.user_id),
+            ("botId", &self.bot_id),
+            ("teamId", &self.team_id),
+            ("channelId", &self.channel_id),
+        ];
+        fields.extend(optional.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k, v))));
+        fields
+    }
+
+    fn from_hash(key: &str, mut h: HashMap<String, String>) -> Result<Self, StoreError> {
+        let malformed = |reason: &str| StoreError::Malformed { key: key.to_owned(), reason: reason.to_owned() };
+        Ok(Self {
+            conversation_id: h.remove("conversationId").ok_or_else(|| malformed("no conversationId"))?,
+            service_url: h.remove("serviceUrl").ok_or_else(|| malformed("no serviceUrl"))?,
+            last_seen: h
+                .get("lastSeen")
+                .and_then(|s| parse_rfc3339(s))
+                .ok_or_else(|| malformed("no lastSeen"))?,
+            conversation_type: h.remove("conversationType"),
+            tenant_id: h.remove("tenantId"),
+            user_aad_object_id: h.remove("userAadObjectId"),
+            user_id: h.remove("userId"),
+            bot_id: h.remove("botId"),
+            team_id: h.remove("teamId"),
+            channel_id: h.remove("channelId"),
+            removed_reason: match h.get("state").map(String::as_str) {
+                Some("removed") => Some(h.remove("removedReason").unwrap_or_else(|| "removed".into())),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// What an inbound activity does to the stored reference beyond refreshing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActivityEffect {
+    /// Any other activity: the reference is refreshed (and revived if it was removed).
+    Refresh,
+    /// The app was installed / the bot added to this personal chat.
+    Install,
+    /// Uninstalled, bot removed, team deleted: the reference is kept but marked removed.
+    Remove { reason: String },
+}
+
+/// One inbound activity's write.
+#[derive(Debug, Clone)]
+pub struct RecordedActivity {
+    pub reference: ConversationRef,
+    pub effect: ActivityEffect,
+}
+
+/// Where an install stands after an install activity was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstallState {
+    /// Counts installs of this conversation; jobs queued for an install are named by it, so
+    /// the two activities Teams sends for one install (and redeliveries) share their jobs.
+    pub generation: u64,
+    /// True for the activity that turned "not installed" into "installed".
+    pub new_install: bool,
+}
+
+/// Upserts the reference and applies the effect atomically, on the one conversation key.
+const RECORD_ACTIVITY: &str = r#"
+local key = KEYS[1]
+local effect = ARGV[1]
+for i = 3, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+local generation = tonumber(redis.call('HGET', key, 'installGeneration') or '0')
+if effect == 'remove' then
+  redis.call('HSET', key, 'state', 'removed', 'removedReason', ARGV[2], 'installed', '0')
+  return {generation, 0}
+end
+redis.call('HSET', key, 'state', 'active')
+redis.call('HDEL', key, 'removedReason')
+if effect == 'install' and redis.call('HGET', key, 'installed') ~= '1' then
+  redis.call('HSET', key, 'installed', '1')
+  return {redis.call('HINCRBY', key, 'installGeneration', 1), 1}
+end
+return {generation, 0}
+"#;
+
+/// Marks a reference removed without touching anything else (a "gone" answer from Teams).
+const MARK_REMOVED: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'removed', 'removedReason', ARGV[1], 'installed', '0')
+return 1
+"#;
+
+#[derive(Debug, Clone)]
+pub struct ConversationStore {
+    redis: Redis,
+}
+
+impl ConversationStore {
+    pub fn new(redis: Redis) -> Self {
+        Self { redis }
+    }
+
+    /// Records an inbound activity in one round trip: the reference (with its effect), the
+    /// user's personal-conversation index and the tenant's latest serviceUrl.
+    pub async fn record(&self, activity: &RecordedActivity) -> Result<InstallState, StoreError> {
+        let reference = &activity.reference;
+        let (effect, reason) = match &activity.effect {
+            ActivityEffect::Refresh => ("refresh", ""),
+            ActivityEffect::Install => ("install", ""),
+            ActivityEffect::Remove { reason } => ("remove", reason.as_str()),
+        };
+        let mut pipe = redis::pipe();
+        let eval = pipe
+            .cmd("EVAL")
+            .arg(RECORD_ACTIVITY)
+            .arg(1)
+            .arg(self.redis.key("conv", &reference.conversation_id))
+            .arg(effect)
+            .arg(reason);
+        for (field, value) in reference.fields() {
+            eval.arg(field).arg(value);
+        }
+        if let Some(tenant) = &reference.tenant_id {
+            if let (true, Some(user)) = (reference.is_personal(), &reference.user_aad_object_id) {
+                pipe.cmd("SET")
+                    .arg(self.user_key(tenant, user))
+                    .arg(&reference.conversation_id)
+                    .ignore();
+            }
+            pipe.cmd("HSET")
+                .arg(self.redis.key("tenant", tenant))
+                .arg("serviceUrl")
+                .arg(&reference.service_url)
+                .arg("lastSeen")
+                .arg(rfc3339(reference.last_seen))
+                .ignore();
+        }
+        let ((generation, new_install),): ((u64, u8),) = pipe.query_async(&mut self.redis.conn()).await?;
+        Ok(InstallState { generation, new_install: new_install == 1 })
+    }
+
+    pub async fn get(&self, conversation_id: &str) -> Result<Option<ConversationRef>, StoreError> {
+        let key = self.redis.key("conv", conversation_id);
+        let hash: HashMap<String, String> = self.redis.conn().hgetall(&key).await?;
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        ConversationRef::from_hash(&key, hash).map(Some)
+    }
+
+    /// The user's personal conversation with the bot, if Herald has heard from it.
+    pub async fn personal_conversation(
+        &self,
+        tenant_id: &str,
+        aad_object_id: &str,
+    ) -> Result<Option<ConversationRef>, StoreError> {
+        let id: Option<String> = self.redis.conn().get(self.user_key(tenant_id, aad_object_id)).await?;
+        match id {
+            Some(id) => self.get(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The serviceUrl of the tenant's most recent activity.
+    pub async fn tenant_service_url(&self, tenant_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.redis.conn().hget(self.redis.key("tenant", tenant_id), "serviceUrl").await?)
+    }
+
+    /// Marks a reference removed (Teams said the conversation is gone); true if it existed.
+    pub async fn mark_removed(&self, conversation_id: &str, reason: &str) -> Result<bool, StoreError> {
+        let done: u8 = redis::cmd("EVAL")
+            .arg(MARK_REMOVED)
+            .arg(1)
+            .arg(self.redis.key("conv", conversation_id))
+            .arg(reason)
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok(done == 1)
+    }
+
+    fn user_key(&self, tenant_id: &str, aad_object_id: &str) -> String {
+        // Entra object ids are GUIDs; Teams may send them in either case.
+        self.redis.key("user", &format!("{tenant_id}:{}", aad_object_id.to_ascii_lowercase()))
+    }
+}

@@ -1,0 +1,373 @@
+//! Job status records: the answer to "what happened to notification N?", and the guard that
+//! makes at-least-once delivery effectively-once per job id.
+//!
+//! Key `{ns}:job:{id}`, a hash. A send is guarded by a *lease*: the dispatcher that claims a
+//! job marks it `sending` until a deadline; another copy of the same job (a redelivery, a
+//! duplicate publish) that arrives meanwhile waits, and one that arrives after the deadline
+//! takes over — that takeover after a crashed send is the only window for a duplicate message.
+
+use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
+
+use redis::AsyncCommands;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::{Redis, StoreError, parse_rfc3339, rfc3339, unix_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Due later (first delivery, or a retry after a transient failure).
+    Scheduled,
+    /// Due now, waiting for a dispatcher.
+    Queued,
+    /// A dispatcher holds the send lease.
+    Sending,
+    Delivered,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Delivered | Self::Failed | Self::Cancelled | Self::Expired)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "scheduled" => Self::Scheduled,
+            "queued" => Self::Queued,
+            "sending" => Self::Sending,
+            "delivered" => Self::Delivered,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            "expired" => Self::Expired,
+            other => return Err(format!("unknown status {other:?}")),
+        })
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job's status record, as `GET /v1/notifications/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusRecord {
+    pub id: String,
+    pub status: JobStatus,
+    /// Calls made to Teams for this job.
+    pub attempts: u32,
+    pub to: serde_json::Value,
+    pub conversation_id: Option<String>,
+    pub activity_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub deliver_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub last_error: Option<String>,
+    /// Whether the job is known to be in the broker (its publish was confirmed).
+    #[serde(skip)]
+    pub published: bool,
+}
+
+impl StatusRecord {
+    /// A fresh record for a job first seen now.
+    pub fn new(id: &str, to: serde_json::Value, deliver_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Self {
+        let due_later = deliver_at.is_some_and(|at| at > now);
+        Self {
+            id: id.to_owned(),
+            status: if due_later { JobStatus::Scheduled } else { JobStatus::Queued },
+            attempts: 0,
+            to,
+            conversation_id: None,
+            activity_id: None,
+            deliver_at,
+            created_at: now,
+            updated_at: now,
+            last_error: None,
+            published: false,
+        }
+    }
+
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("id", self.id.clone()),
+            ("status", self.status.to_string()),
+            ("attempts", self.attempts.to_string()),
+            ("to", self.to.to_string()),
+            ("createdAt", rfc3339(self.created_at)),
+            ("updatedAt", rfc3339(self.updated_at)),
+            ("published", u8::from(self.published).to_string()),
+        ];
+        if let Some(at) = self.deliver_at {
+            fields.push(("deliverAt", rfc3339(at)));
+        }
+        fields
+    }
+
+    fn from_hash(key: &str, mut h: HashMap<String, String>) -> Result<Self, StoreError> {
+        let malformed = |reason: String| StoreError::Malformed { key: key.to_owned(), reason };
+        let time_field = |h: &HashMap<String, String>, name: &str| {
+            h.get(name).and_then(|s| parse_rfc3339(s)).ok_or_else(|| malformed(format!("bad {name}")))
+        };
+        Ok(Self {
+            status: h.get("status").ok_or_else(|| malformed("no status".into()))?.parse().map_err(malformed)?,
+            attempts: h.get("attempts").and_then(|a| a.parse().ok()).unwrap_or(0),
+            to: h.get("to").and_then(|t| serde_json::from_str(t).ok()).unwrap_or(serde_json::Value::Null),
+            deliver_at: h.get("deliverAt").and_then(|s| parse_rfc3339(s)),
+            created_at: time_field(&h, "createdAt")?,
+            updated_at: time_field(&h, "updatedAt")?,
+            published: h.get("published").is_some_and(|p| p == "1"),
+            id: h.remove("id").ok_or_else(|| malformed("no id".into()))?,
+            conversation_id: h.remove("conversationId"),
+            activity_id: h.remove("activityId"),
+            last_error: h.remove("lastError"),
+        })
+    }
+}
+
+/// What `begin_send` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BeginSend {
+    /// This dispatcher holds the lease now. `took_over` means an earlier holder's lease had
+    /// lapsed mid-send (it crashed): the message may already have reached Teams once.
+    Claimed { took_over: bool, record: StatusRecord },
+    /// Another copy of this job holds a live lease; look again after this long.
+    Busy { retry_in: Duration },
+    /// The job has already ended; nothing to do.
+    Finished(JobStatus),
+}
+
+/// How one handling of a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered { conversation_id: String, activity_id: Option<String> },
+    Failed { reason: String, conversation_id: Option<String> },
+    /// A transient failure; the job is due again at `next_attempt_at`.
+    Retrying { reason: String, next_attempt_at: OffsetDateTime },
+    Expired,
+}
+
+/// Creates the record unless it exists; answers the existing record's fields, or nothing.
+const CREATE: &str = r#"
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 1 then return redis.call('HGETALL', key) end
+for i = 2, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', key, ARGV[1])
+return {}
+"#;
+
+/// ARGV: owner, now_ms, lease_ms, ttl_ms, now (rfc3339), then the fields of a fresh record,
+/// used when this job was never seen (published straight to AMQP by another service).
+const BEGIN_SEND: &str = r#"
+local key = KEYS[1]
+local owner, now_ms, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('EXISTS', key) == 0 then
+  for i = 6, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+end
+local status = redis.call('HGET', key, 'status')
+if status == 'delivered' or status == 'failed' or status == 'cancelled' or status == 'expired' then
+  return {'finished', status}
+end
+local took_over = 0
+if status == 'sending' then
+  local holder = redis.call('HGET', key, 'leaseOwner')
+  local lease_until = tonumber(redis.call('HGET', key, 'leaseUntil') or '0')
+  if holder ~= owner and lease_until > now_ms then return {'busy', tostring(lease_until - now_ms)} end
+  if holder ~= owner then took_over = 1 end
+end
+redis.call('HSET', key, 'status', 'sending', 'leaseOwner', owner, 'leaseUntil', now_ms + lease_ms,
+  'updatedAt', ARGV[5], 'published', '1')
+redis.call('PEXPIRE', key, ARGV[4])
+local claimed = redis.call('HGETALL', key)
+return {'claimed', tostring(took_over), claimed}
+"#;
+
+/// ARGV: new status, attempts made, owner, ttl_ms, then fields to set (empty value = delete).
+/// A terminal status is never replaced by anything but `delivered` (the truth about a message
+/// that did reach Teams, e.g. one cancelled while its send was in flight).
+const FINISH: &str = r#"
+local key = KEYS[1]
+local new, owner = ARGV[1], ARGV[3]
+local current = redis.call('HGET', key, 'status')
+if current == 'delivered' then return current end
+if (current == 'failed' or current == 'cancelled' or current == 'expired') and new ~= 'delivered' then
+  return current
+end
+redis.call('HSET', key, 'status', new)
+redis.call('HINCRBY', key, 'attempts', ARGV[2])
+for i = 5, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', key, ARGV[i]) else redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+end
+if redis.call('HGET', key, 'leaseOwner') == owner then redis.call('HDEL', key, 'leaseOwner', 'leaseUntil') end
+redis.call('PEXPIRE', key, ARGV[4])
+return new
+"#;
+
+#[derive(Debug, Clone)]
+pub struct StatusStore {
+    redis: Redis,
+    ttl: Duration,
+}
+
+impl StatusStore {
+    pub fn new(redis: Redis, ttl: Duration) -> Self {
+        Self { redis, ttl }
+    }
+
+    fn key(&self, id: &str) -> String {
+        self.redis.key("job", id)
+    }
+
+    /// Creates the record; if one exists already, returns it instead (`Err(existing)`).
+    pub async fn create(&self, record: &StatusRecord) -> Result<Result<(), StatusRecord>, StoreError> {
+        let key = self.key(&record.id);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CREATE).arg(1).arg(&key).arg(self.ttl.as_millis() as u64);
+        for (field, value) in record.fields() {
+            cmd.arg(field).arg(value);
+        }
+        let existing: HashMap<String, String> = cmd.query_async(&mut self.redis.conn()).await?;
+        if existing.is_empty() {
+            Ok(Ok(()))
+        } else {
+            StatusRecord::from_hash(&key, existing).map(Err)
+        }
+    }
+
+    /// Notes that the jobs' publishes were confirmed by the broker.
+    pub async fn mark_published(&self, ids: &[&str]) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hset(self.key(id), "published", "1").ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis.conn()).await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<StatusRecord>, StoreError> {
+        let key = self.key(id);
+        let hash: HashMap<String, String> = self.redis.conn().hgetall(&key).await?;
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        StatusRecord::from_hash(&key, hash).map(Some)
+    }
+
+    /// Claims the send of a job for `owner` for `lease`, creating the record from `fresh` if
+    /// the job was never seen. One round trip.
+    pub async fn begin_send(
+        &self,
+        fresh: &StatusRecord,
+        owner: &str,
+        lease: Duration,
+        now: OffsetDateTime,
+    ) -> Result<BeginSend, StoreError> {
+        let key = self.key(&fresh.id);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(BEGIN_SEND)
+            .arg(1)
+            .arg(&key)
+            .arg(owner)
+            .arg(unix_ms(now))
+            .arg(lease.as_millis() as u64)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(rfc3339(now));
+        for (field, value) in fresh.fields() {
+            cmd.arg(field).arg(value);
+        }
+        let reply: redis::Value = cmd.query_async(&mut self.redis.conn()).await?;
+        let malformed = |reason: &str| StoreError::Malformed { key: key.clone(), reason: reason.to_owned() };
+        let redis::Value::Array(parts) = reply else {
+            return Err(malformed("begin_send answered something other than an array"));
+        };
+        let word = |i: usize| -> Option<String> { parts.get(i).and_then(|v| redis::from_redis_value(v.clone()).ok()) };
+        match word(0).as_deref() {
+            Some("finished") => {
+                let status = word(1).ok_or_else(|| malformed("no status"))?;
+                Ok(BeginSend::Finished(status.parse().map_err(|e: String| malformed(&e))?))
+            }
+            Some("busy") => {
+                let ms: u64 = word(1).and_then(|m| m.parse().ok()).ok_or_else(|| malformed("no lease time"))?;
+                Ok(BeginSend::Busy { retry_in: Duration::from_millis(ms) })
+            }
+            Some("claimed") => {
+                let took_over = word(1).as_deref() == Some("1");
+                let hash: HashMap<String, String> = parts
+                    .get(2)
+                    .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                    .ok_or_else(|| malformed("no record"))?;
+                Ok(BeginSend::Claimed { took_over, record: StatusRecord::from_hash(&key, hash)? })
+            }
+            _ => Err(malformed("unknown begin_send answer")),
+        }
+    }
+
+    /// Records how a handling ended and releases `owner`'s lease; returns the status now stored.
+    pub async fn finish(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: &Outcome,
+        attempts_made: u32,
+        now: OffsetDateTime,
+    ) -> Result<JobStatus, StoreError> {
+        let (status, fields): (JobStatus, Vec<(&str, String)>) = match outcome {
+            Outcome::Delivered { conversation_id, activity_id } => (
+                JobStatus::Delivered,
+                vec![
+                    ("conversationId", conversation_id.clone()),
+                    ("activityId", activity_id.clone().unwrap_or_default()),
+                    ("lastError", String::new()),
+                ],
+            ),
+            Outcome::Failed { reason, conversation_id } => (
+                JobStatus::Failed,
+                vec![("lastError", reason.clone()), ("conversationId", conversation_id.clone().unwrap_or_default())],
+            ),
+            Outcome::Retrying { reason, next_attempt_at } => (
+                JobStatus::Scheduled,
+                vec![("lastError", reason.clone()), ("nextAttemptAt", rfc3339(*next_attempt_at))],
+            ),
+            Outcome::Expired => (JobStatus::Expired, vec![]),
+        };
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(FINISH)
+            .arg(1)
+            .arg(self.key(id))
+            .arg(status.as_str())
+            .arg(attempts_made)
+            .arg(owner)
+            .arg(self.ttl.as_millis() as u64)
+            .arg("updatedAt")
+            .arg(rfc3339(now));
+        for (field, value) in fields {
+            cmd.arg(field).arg(value);
+        }
+        let stored: String = cmd.query_async(&mut self.redis.conn()).await?;
+        stored.parse().map_err(|reason| StoreError::Malformed { key: self.key(id), reason })
+    }
+}

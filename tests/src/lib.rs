@@ -1,0 +1,1 @@
+//! herald end-to-end test support
