@@ -1,1 +1,156 @@
-//! herald-dispatcher
+//! The dispatcher service: consumes jobs, resolves conversations, sends to Teams, records the
+//! outcome, retries what is transient and dead-letters what cannot be handled.
+//!
+//! # Layout
+//! - [`consumer`]: the consume loop (one consumer per broker link, bounded in-flight work).
+//! - [`delivery`]: one delivery from body to ack: early arrivals, the send lease, sending,
+//!   outcomes, retries, dead letters.
+//! - [`resolve`]: from a job's target to a conversation id and serviceUrl.
+//! - [`retry`]: backoff for transient failures.
+//! - This file: wiring ([`Dispatcher::build`]) and the lifecycle ([`Dispatcher::run`]).
+
+pub mod consumer;
+pub mod delivery;
+pub mod resolve;
+pub mod retry;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use herald_shared::{
+    admin::{self, Readiness},
+    amqp::{Broker, InvalidAmqpUrl, Publisher, Topology},
+    config::DispatcherConfig,
+    connector::{BotConnector, TokenSource},
+    store::{ConversationStore, Redis, StatusStore, StoreError},
+};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{delivery::Handler, resolve::Resolver};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Redis(#[from] StoreError),
+    #[error(transparent)]
+    Amqp(#[from] InvalidAmqpUrl),
+    #[error("cannot read the admin listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+/// A built dispatcher, ready to [`run`](Dispatcher::run).
+#[derive(Debug)]
+pub struct Dispatcher {
+    admin: TcpListener,
+    admin_addr: SocketAddr,
+    readiness: Readiness,
+    broker: Broker,
+    broker_stop: CancellationToken,
+    tracker: TaskTracker,
+    handler: Arc<Handler>,
+    prefetch: u16,
+    shutdown_grace: Duration,
+}
+
+impl Dispatcher {
+    /// Wires the service; like the ingress it starts while Redis or RabbitMQ are down.
+    pub fn build(config: DispatcherConfig, admin: TcpListener) -> Result<Self, BuildError> {
+        let common = &config.common;
+        let tracker = TaskTracker::new();
+        let broker_stop = CancellationToken::new();
+        let redis = Redis::new(&common.redis_url, common.namespace.clone())?;
+        let broker = Broker::start(
+            &common.amqp_url,
+            Topology::new(common.namespace.clone()),
+            "herald-dispatcher",
+            broker_stop.clone(),
+            &tracker,
+        )?;
+        let http = herald_shared::http_client();
+        let tokens = Arc::new(TokenSource::new(http.clone(), &common.bot, &common.teams));
+        let conversations = ConversationStore::new(redis.clone());
+        let handler = Arc::new(Handler {
+            instance: format!("dispatcher-{}", uuid::Uuid::new_v4().simple()),
+            statuses: StatusStore::new(redis.clone(), common.status_ttl),
+            conversations: conversations.clone(),
+            resolver: Resolver { conversations, default_service_url: common.teams.default_service_url.clone() },
+            connector: BotConnector::new(
+                http,
+                tokens,
+                common.teams.service_url_allowlist.clone(),
+                config.send_timeout,
+            ),
+            publisher: Publisher::new(broker.clone()),
+            retry_schedule: config.retry_schedule.clone(),
+            max_attempts: config.max_attempts,
+            send_lease: config.send_lease,
+            abandon: CancellationToken::new(),
+        });
+        Ok(Self {
+            admin_addr: admin.local_addr()?,
+            admin,
+            readiness: Readiness::new(redis, broker.clone()),
+            broker,
+            broker_stop,
+            tracker,
+            handler,
+            prefetch: config.prefetch,
+            shutdown_grace: config.shutdown_grace,
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The Bot Connector client (tests read its token counters).
+    pub fn connector(&self) -> &BotConnector {
+        &self.handler.connector
+    }
+
+    /// Runs until `shutdown` completes. Then: stop taking deliveries, let those in flight
+    /// finish within `HERALD_SHUTDOWN_GRACE`, hand the rest back unacked, close the link.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let admin_stop = CancellationToken::new();
+        let admin = {
+            let stop = admin_stop.clone();
+            let serve = axum::serve(self.admin, admin::router(self.readiness))
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            tokio::spawn(serve.into_future())
+        };
+        tracing::info!(admin = %self.admin_addr, prefetch = self.prefetch, "dispatcher running");
+
+        let consume_stop = CancellationToken::new();
+        let consuming = tokio::spawn(consumer::consume(
+            self.broker.clone(),
+            self.handler.clone(),
+            self.prefetch,
+            consume_stop.clone(),
+        ));
+        shutdown.await;
+        tracing::info!(grace = ?self.shutdown_grace, "stopping: no new deliveries; finishing those in flight");
+        consume_stop.cancel();
+        let mut in_flight = consuming.await.unwrap_or_default();
+        let finished = tokio::time::timeout(self.shutdown_grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(left = in_flight.len(), "grace period over; handing unfinished deliveries back");
+            self.handler.abandon.cancel();
+            if tokio::time::timeout(Duration::from_secs(2), async { while in_flight.join_next().await.is_some() {} })
+                .await
+                .is_err()
+            {
+                in_flight.abort_all();
+            }
+        }
+        self.broker_stop.cancel();
+        admin_stop.cancel();
+        let served = admin.await.unwrap_or(Ok(()));
+        self.tracker.close();
+        self.tracker.wait().await;
+        tracing::info!("dispatcher stopped");
+        served
+    }
+}

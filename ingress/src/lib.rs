@@ -1,1 +1,140 @@
-//! herald-ingress
+//! The ingress service: receives Teams activities, stores conversation references in Redis
+//! and queues jobs in RabbitMQ.
+//!
+//! # Layout
+//! - [`bot`]: `POST /api/messages`: token validation ([`bot::auth`]), reading activities
+//!   ([`bot::activity`]) and recording them.
+//! - [`greeting`]: the welcome and reminder queued on install, once per install.
+//! - [`problem`]: the `application/problem+json` error format.
+//! - This file: wiring. [`Ingress::build`] connects everything and binds nothing itself (the
+//!   caller passes listeners, port 0 in tests); [`Ingress::run`] serves until shutdown.
+
+pub mod bot;
+pub mod greeting;
+pub mod problem;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use axum::{Router, extract::DefaultBodyLimit, routing::post};
+use herald_shared::{
+    admin::{self, Readiness},
+    amqp::{Broker, InvalidAmqpUrl, Publisher, Topology},
+    config::IngressConfig,
+    store::{ConversationStore, Redis, StatusStore, StoreError},
+};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    bot::{BotEndpoint, auth::BotAuthenticator},
+    greeting::Greeter,
+};
+
+/// The largest activity accepted; real ones are a few KB, cards included.
+pub const MAX_ACTIVITY_BODY: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Redis(#[from] StoreError),
+    #[error(transparent)]
+    Amqp(#[from] InvalidAmqpUrl),
+    #[error("cannot read a listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+/// A built ingress, ready to [`run`](Ingress::run).
+#[derive(Debug)]
+pub struct Ingress {
+    http: TcpListener,
+    admin: TcpListener,
+    router: Router,
+    admin_router: Router,
+    /// Stops the broker link; cancelled after the HTTP servers have drained.
+    broker_stop: CancellationToken,
+    tracker: TaskTracker,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl Ingress {
+    /// Wires the service. Nothing here waits for Redis or RabbitMQ: the service starts while
+    /// they are down, reports unready, and recovers when they return.
+    pub fn build(config: IngressConfig, http: TcpListener, admin: TcpListener) -> Result<Self, BuildError> {
+        let common = &config.common;
+        let tracker = TaskTracker::new();
+        let broker_stop = CancellationToken::new();
+        let redis = Redis::new(&common.redis_url, common.namespace.clone())?;
+        let broker = Broker::start(
+            &common.amqp_url,
+            Topology::new(common.namespace.clone()),
+            "herald-ingress",
+            broker_stop.clone(),
+            &tracker,
+        )?;
+        let http_client = herald_shared::http_client();
+        let bot = Arc::new(BotEndpoint {
+            authenticator: BotAuthenticator::new(
+                http_client,
+                common.teams.openid_metadata_url.clone(),
+                &common.teams.token_issuer,
+                &common.bot.app_id,
+            ),
+            allowlist: common.teams.service_url_allowlist.clone(),
+            conversations: ConversationStore::new(redis.clone()),
+            greeter: Greeter {
+                namespace: common.namespace.to_string(),
+                statuses: StatusStore::new(redis.clone(), common.status_ttl),
+                publisher: Publisher::new(broker.clone()),
+                welcome_text: config.welcome_text.clone(),
+                reminder_text: config.reminder_text.clone(),
+                reminder_delay: config.reminder_delay,
+            },
+        });
+        let router = Router::new()
+            .route("/api/messages", post(bot::receive_activity))
+            .layer(DefaultBodyLimit::max(MAX_ACTIVITY_BODY))
+            .with_state(bot);
+        Ok(Self {
+            http_addr: http.local_addr()?,
+            admin_addr: admin.local_addr()?,
+            http,
+            admin,
+            router,
+            admin_router: admin::router(Readiness::new(redis, broker)),
+            broker_stop,
+            tracker,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in progress (their
+    /// writes included) and closes the broker link.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let stop = CancellationToken::new();
+        let admin_stop = stop.clone();
+        let admin = axum::serve(self.admin, self.admin_router)
+            .with_graceful_shutdown(async move { admin_stop.cancelled().await });
+        let admin = tokio::spawn(admin.into_future());
+        tracing::info!(http = %self.http_addr, admin = %self.admin_addr, "ingress listening");
+        let served = axum::serve(self.http, self.router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stop.cancel();
+            })
+            .await;
+        let _ = admin.await;
+        self.broker_stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        tracing::info!("ingress stopped");
+        served
+    }
+}

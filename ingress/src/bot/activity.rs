@@ -1,0 +1,159 @@
+//! Reading an inbound activity: which conversation it belongs to, and what it means for the
+//! stored reference (TEAMS.md §1, "Activities that matter here" and "Where the ids live").
+
+use herald_shared::store::{ActivityEffect, ConversationRef, RecordedActivity};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+/// The parts of an activity Herald reads; everything else is ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub service_url: String,
+    pub channel_id: String,
+    pub conversation: ConversationAccount,
+    #[serde(default)]
+    pub from: Option<ChannelAccount>,
+    #[serde(default)]
+    pub recipient: Option<ChannelAccount>,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub members_added: Vec<ChannelAccount>,
+    #[serde(default)]
+    pub members_removed: Vec<ChannelAccount>,
+    #[serde(default)]
+    pub channel_data: Option<ChannelData>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationAccount {
+    pub id: String,
+    #[serde(default)]
+    pub conversation_type: Option<String>,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelAccount {
+    pub id: String,
+    #[serde(default)]
+    pub aad_object_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelData {
+    #[serde(default)]
+    pub event_type: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<IdOnly>,
+    #[serde(default)]
+    pub team: Option<IdOnly>,
+    #[serde(default)]
+    pub channel: Option<IdOnly>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IdOnly {
+    pub id: String,
+}
+
+/// Why a body is not an activity Herald can use.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivityError {
+    #[error("the body is not a valid activity: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("the activity's {0} is empty")]
+    Empty(&'static str),
+}
+
+impl Activity {
+    pub fn parse(body: &[u8]) -> Result<Self, ActivityError> {
+        let activity: Activity = serde_json::from_slice(body)?;
+        for (name, value) in [
+            ("type", &activity.kind),
+            ("serviceUrl", &activity.service_url),
+            ("channelId", &activity.channel_id),
+            ("conversation.id", &activity.conversation.id),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ActivityError::Empty(name));
+            }
+        }
+        Ok(activity)
+    }
+
+    fn channel_data(&self) -> Option<&ChannelData> {
+        self.channel_data.as_ref()
+    }
+
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.conversation
+            .tenant_id
+            .as_deref()
+            .or_else(|| self.channel_data()?.tenant.as_ref().map(|t| t.id.as_str()))
+    }
+
+    pub fn is_personal(&self) -> bool {
+        self.conversation.conversation_type.as_deref() == Some("personal")
+    }
+
+    fn bot_id(&self) -> Option<&str> {
+        self.recipient.as_ref().map(|r| r.id.as_str())
+    }
+
+    fn names_bot(&self, members: &[ChannelAccount]) -> bool {
+        self.bot_id().is_some_and(|bot| members.iter().any(|m| m.id == bot))
+    }
+
+    /// What the activity does beyond refreshing the reference.
+    pub fn effect(&self) -> ActivityEffect {
+        let event_type = self.channel_data().and_then(|d| d.event_type.as_deref());
+        match (self.kind.as_str(), self.action.as_deref()) {
+            // `add-upgrade` / `remove-upgrade` are app updates, not (un)installs.
+            ("installationUpdate", Some("add")) if self.is_personal() => ActivityEffect::Install,
+            ("installationUpdate", Some("remove")) => ActivityEffect::Remove { reason: "the app was uninstalled".into() },
+            ("conversationUpdate", _) if event_type == Some("teamDeleted") => {
+                ActivityEffect::Remove { reason: "the team was deleted".into() }
+            }
+            ("conversationUpdate", _) if self.names_bot(&self.members_removed) => {
+                ActivityEffect::Remove { reason: "the bot was removed from the conversation".into() }
+            }
+            ("conversationUpdate", _) if self.is_personal() && self.names_bot(&self.members_added) => {
+                ActivityEffect::Install
+            }
+            _ => ActivityEffect::Refresh,
+        }
+    }
+
+    /// The reference this activity vouches for, as of `now`.
+    pub fn reference(&self, now: OffsetDateTime) -> ConversationRef {
+        let data = self.channel_data();
+        // User ids belong to the reference only in a personal chat; in a channel `from` is just
+        // whoever spoke last.
+        let user = self.from.as_ref().filter(|_| self.is_personal());
+        ConversationRef {
+            conversation_id: self.conversation.id.clone(),
+            conversation_type: self.conversation.conversation_type.clone(),
+            service_url: self.service_url.clone(),
+            tenant_id: self.tenant_id().map(str::to_owned),
+            user_aad_object_id: user.and_then(|u| u.aad_object_id.clone()),
+            user_id: user.map(|u| u.id.clone()),
+            bot_id: self.bot_id().map(str::to_owned),
+            team_id: data.and_then(|d| d.team.as_ref()).map(|t| t.id.clone()),
+            channel_id: data.and_then(|d| d.channel.as_ref()).map(|c| c.id.clone()),
+            last_seen: now,
+            removed_reason: None,
+        }
+    }
+
+    pub fn record(&self, now: OffsetDateTime) -> RecordedActivity {
+        RecordedActivity { reference: self.reference(now), effect: self.effect() }
+    }
+}

@@ -1,0 +1,35 @@
+//! `herald-ingress`: loads the configuration, sets up logging and runs the service until
+//! SIGTERM or Ctrl-C.
+
+use herald_ingress::Ingress;
+use herald_shared::{config::{Env, IngressConfig}, telemetry};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match IngressConfig::from_env(&Env::from_process()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("herald-ingress: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.common.log_format, &config.common.log_filter);
+    tracing::info!(?config, "starting herald-ingress");
+    match run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "herald-ingress failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: IngressConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let http = TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
+    let admin = TcpListener::bind(config.admin_addr).await.with_context(|| format!("binding {}", config.admin_addr))?;
+    let ingress = Ingress::build(config, http, admin)?;
+    ingress.run(herald_shared::shutdown_signal()).await.context("serving")?;
+    Ok(())
+}
