@@ -16,14 +16,21 @@ use crate::delivery::Handler;
 
 /// Consumes until `stop` is cancelled, re-subscribing on every new broker link. Returns the
 /// handlers still running, for the caller to wait on (or abandon) during shutdown.
-pub async fn consume(broker: Broker, handler: Arc<Handler>, prefetch: u16, stop: CancellationToken) -> JoinSet<()> {
+pub async fn consume(
+    broker: Broker,
+    handler: Arc<Handler>,
+    prefetch: u16,
+    stop: CancellationToken,
+) -> JoinSet<()> {
     let mut in_flight = JoinSet::new();
     let mut links = broker.watch();
     loop {
         let link = links.borrow_and_update().clone();
         match link {
             Some(link) => {
-                if let Err(error) = consume_link(&broker, &link, &handler, prefetch, &stop, &mut in_flight).await {
+                if let Err(error) =
+                    consume_link(&broker, &link, &handler, prefetch, &stop, &mut in_flight).await
+                {
                     tracing::warn!(%error, "consuming stopped; waiting for the broker link");
                 }
             }
@@ -52,11 +59,18 @@ async fn consume_link(
     in_flight: &mut JoinSet<()>,
 ) -> lapin::Result<()> {
     let channel = link.connection.create_channel().await?;
-    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
     let queue = broker.topology().dispatch_queue();
     let tag = format!("{}-{}", handler.instance, link.epoch);
     let mut consumer = channel
-        .basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     tracing::info!(%queue, prefetch, "consuming");
     loop {

@@ -17,8 +17,8 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions},
 };
 use time::OffsetDateTime;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -58,7 +58,15 @@ impl Handler {
         let settle = self.settle(&delivery).await;
         let result = match settle {
             Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-            Settle::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+            Settle::Requeue => {
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
         };
         if let Err(error) = result {
             // The channel is gone; RabbitMQ redelivers the message, and the status record
@@ -68,15 +76,29 @@ impl Handler {
     }
 
     async fn settle(&self, delivery: &Delivery) -> Settle {
-        let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned());
         let amqp_headers = delivery.properties.headers().as_ref();
         let job = match Job::from_slice(&delivery.data) {
             Ok(job) => job,
             Err(error) => {
                 tracing::warn!(?message_id, %error, "poison message; dead-lettering it");
                 let reason = format!("rejected: {error}");
-                let dead_letter = || self.publisher.dead_letter(message_id.as_deref(), &delivery.data, amqp_headers, &reason);
-                return self.until_done("dead-letter", dead_letter).await.map_or(Settle::Requeue, |()| Settle::Ack);
+                let dead_letter = || {
+                    self.publisher.dead_letter(
+                        message_id.as_deref(),
+                        &delivery.data,
+                        amqp_headers,
+                        &reason,
+                    )
+                };
+                return self
+                    .until_done("dead-letter", dead_letter)
+                    .await
+                    .map_or(Settle::Requeue, |()| Settle::Ack);
             }
         };
         let span = tracing::info_span!("job", job_id = %job.id);
@@ -90,8 +112,9 @@ impl Handler {
         let amqp_headers = delivery.properties.headers().as_ref();
         let now = OffsetDateTime::now_utc();
         // Early (a delay rounds down to whole seconds; a retry's backoff is in a header)?
-        let not_before = headers::integer(amqp_headers, headers::NOT_BEFORE)
-            .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok());
+        let not_before = headers::integer(amqp_headers, headers::NOT_BEFORE).and_then(|ms| {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        });
         let due = job.due(now).max(not_before.unwrap_or(now));
         if due > now {
             let wait = Duration::try_from(due - now).unwrap_or_default();
@@ -109,7 +132,12 @@ impl Handler {
         let now = OffsetDateTime::now_utc();
         let to = serde_json::to_value(&job.to).unwrap_or_default();
         let fresh = StatusRecord::new(&job.id, to, job.deliver_at, now);
-        let claim = self.until_done("claim", || self.statuses.begin_send(&fresh, &owner, self.send_lease, now)).await?;
+        let claim = self
+            .until_done("claim", || {
+                self.statuses
+                    .begin_send(&fresh, &owner, self.send_lease, now)
+            })
+            .await?;
         let record = match claim {
             BeginSend::Finished(status) => {
                 tracing::info!(job_id = %job.id, %status, "job already ended; dropping this copy");
@@ -117,7 +145,9 @@ impl Handler {
             }
             BeginSend::Busy { retry_in } => {
                 tracing::info!(job_id = %job.id, ?retry_in, "another copy of this job is being sent; looking again later");
-                return self.redelay(job, delivery, retry_in.max(Duration::from_secs(1))).await;
+                return self
+                    .redelay(job, delivery, retry_in.max(Duration::from_secs(1)))
+                    .await;
             }
             BeginSend::Claimed { took_over, record } => {
                 if took_over {
@@ -141,7 +171,10 @@ impl Handler {
             Ok(destination) => destination,
             Err(why) => {
                 tracing::info!(job_id = %job.id, reason = %why, "job cannot be delivered");
-                let outcome = Outcome::Failed { reason: why.to_string(), conversation_id: None };
+                let outcome = Outcome::Failed {
+                    reason: why.to_string(),
+                    conversation_id: None,
+                };
                 return self.finish(job, &owner, outcome, 0).await;
             }
         };
@@ -150,13 +183,21 @@ impl Handler {
         let activity = job.message.to_activity();
         let sent = self
             .connector
-            .send_to_conversation(&destination.service_url, &destination.conversation_id, &activity, traceparent.as_deref())
+            .send_to_conversation(
+                &destination.service_url,
+                &destination.conversation_id,
+                &activity,
+                traceparent.as_deref(),
+            )
             .await;
         let conversation_id = Some(destination.conversation_id.clone());
         let error = match sent {
             Ok(sent) => {
                 tracing::info!(job_id = %job.id, conversation_id = %destination.conversation_id, "delivered");
-                let outcome = Outcome::Delivered { conversation_id: destination.conversation_id, activity_id: sent.id };
+                let outcome = Outcome::Delivered {
+                    conversation_id: destination.conversation_id,
+                    activity_id: sent.id,
+                };
                 return self.finish(job, &owner, outcome, 1).await;
             }
             Err(error) => error,
@@ -165,44 +206,112 @@ impl Handler {
         match error.class() {
             ErrorClass::Permanent => {
                 tracing::warn!(job_id = %job.id, %reason, "permanent failure");
-                self.finish(job, &owner, Outcome::Failed { reason, conversation_id }, 1).await
+                self.finish(
+                    job,
+                    &owner,
+                    Outcome::Failed {
+                        reason,
+                        conversation_id,
+                    },
+                    1,
+                )
+                .await
             }
             ErrorClass::Gone => {
                 tracing::warn!(job_id = %job.id, %reason, "the conversation is gone; marking it removed");
-                let mark = || self.conversations.mark_removed(&destination.conversation_id, &reason);
+                let mark = || {
+                    self.conversations
+                        .mark_removed(&destination.conversation_id, &reason)
+                };
                 self.until_done("mark removed", mark).await?;
-                self.finish(job, &owner, Outcome::Failed { reason, conversation_id }, 1).await
+                self.finish(
+                    job,
+                    &owner,
+                    Outcome::Failed {
+                        reason,
+                        conversation_id,
+                    },
+                    1,
+                )
+                .await
             }
             ErrorClass::Transient { retry_after } => {
                 let attempts = record.attempts + 1;
                 if attempts >= self.max_attempts {
                     let reason = format!("gave up after {attempts} attempts; the last: {reason}");
                     tracing::warn!(job_id = %job.id, %reason, "retries exhausted; dead-lettering");
-                    let dead = || self.publisher.dead_letter(Some(&job.id), &delivery.data, amqp_headers, &reason);
+                    let dead = || {
+                        self.publisher.dead_letter(
+                            Some(&job.id),
+                            &delivery.data,
+                            amqp_headers,
+                            &reason,
+                        )
+                    };
                     self.until_done("dead-letter", dead).await?;
-                    return self.finish(job, &owner, Outcome::Failed { reason, conversation_id }, 1).await;
+                    return self
+                        .finish(
+                            job,
+                            &owner,
+                            Outcome::Failed {
+                                reason,
+                                conversation_id,
+                            },
+                            1,
+                        )
+                        .await;
                 }
                 let wait = retry::backoff(&self.retry_schedule, attempts, retry_after);
                 let next_attempt_at = OffsetDateTime::now_utc() + wait;
                 tracing::info!(job_id = %job.id, %reason, ?wait, attempts, "transient failure; retrying later");
-                self.publish_delayed(job, delivery, wait, Some(next_attempt_at), attempts).await?;
-                self.finish(job, &owner, Outcome::Retrying { reason, next_attempt_at }, 1).await
+                self.publish_delayed(job, delivery, wait, Some(next_attempt_at), attempts)
+                    .await?;
+                self.finish(
+                    job,
+                    &owner,
+                    Outcome::Retrying {
+                        reason,
+                        next_attempt_at,
+                    },
+                    1,
+                )
+                .await
             }
         }
     }
 
-    async fn finish(&self, job: &Job, owner: &str, outcome: Outcome, attempts_made: u32) -> Result<(), Abandoned> {
+    async fn finish(
+        &self,
+        job: &Job,
+        owner: &str,
+        outcome: Outcome,
+        attempts_made: u32,
+    ) -> Result<(), Abandoned> {
         let now = OffsetDateTime::now_utc();
-        let stored = self.until_done("record outcome", || self.statuses.finish(&job.id, owner, &outcome, attempts_made, now)).await?;
+        let stored = self
+            .until_done("record outcome", || {
+                self.statuses
+                    .finish(&job.id, owner, &outcome, attempts_made, now)
+            })
+            .await?;
         tracing::debug!(job_id = %job.id, %stored, "outcome recorded");
         Ok(())
     }
 
-    async fn redelay(&self, job: &Job, delivery: &Delivery, wait: Duration) -> Result<(), Abandoned> {
-        let attempts = headers::integer(delivery.properties.headers().as_ref(), headers::ATTEMPTS).unwrap_or(0);
-        let not_before = headers::integer(delivery.properties.headers().as_ref(), headers::NOT_BEFORE)
-            .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok());
-        self.publish_delayed(job, delivery, wait, not_before, attempts as u32).await
+    async fn redelay(
+        &self,
+        job: &Job,
+        delivery: &Delivery,
+        wait: Duration,
+    ) -> Result<(), Abandoned> {
+        let attempts = headers::integer(delivery.properties.headers().as_ref(), headers::ATTEMPTS)
+            .unwrap_or(0);
+        let not_before =
+            headers::integer(delivery.properties.headers().as_ref(), headers::NOT_BEFORE).and_then(
+                |ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok(),
+            );
+        self.publish_delayed(job, delivery, wait, not_before, attempts as u32)
+            .await
     }
 
     /// Sends the delivery's body round the delay levels again, keeping its headers.
@@ -217,9 +326,16 @@ impl Handler {
         let mut kept = headers::carried_over(delivery.properties.headers().as_ref());
         headers::set_integer(&mut kept, headers::ATTEMPTS, i64::from(attempts));
         if let Some(at) = not_before {
-            headers::set_integer(&mut kept, headers::NOT_BEFORE, (at.unix_timestamp_nanos() / 1_000_000) as i64);
+            headers::set_integer(
+                &mut kept,
+                headers::NOT_BEFORE,
+                (at.unix_timestamp_nanos() / 1_000_000) as i64,
+            );
         }
-        let publish = || self.publisher.publish_job(&job.id, &delivery.data, wait, kept.clone());
+        let publish = || {
+            self.publisher
+                .publish_job(&job.id, &delivery.data, wait, kept.clone())
+        };
         self.until_done("re-delay", publish).await
     }
 
@@ -236,7 +352,9 @@ impl Handler {
         loop {
             match attempt().await {
                 Ok(value) => return Ok(value),
-                Err(error) => tracing::warn!(step, %error, retry_in = ?wait, "a step failed; trying again"),
+                Err(error) => {
+                    tracing::warn!(step, %error, retry_in = ?wait, "a step failed; trying again")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

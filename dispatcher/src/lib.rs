@@ -73,7 +73,10 @@ impl Dispatcher {
             instance: format!("dispatcher-{}", uuid::Uuid::new_v4().simple()),
             statuses: StatusStore::new(redis.clone(), common.status_ttl),
             conversations: conversations.clone(),
-            resolver: Resolver { conversations, default_service_url: common.teams.default_service_url.clone() },
+            resolver: Resolver {
+                conversations,
+                default_service_url: common.teams.default_service_url.clone(),
+            },
             connector: BotConnector::new(
                 http,
                 tokens,
@@ -110,7 +113,10 @@ impl Dispatcher {
 
     /// Runs until `shutdown` completes. Then: stop taking deliveries, let those in flight
     /// finish within `HERALD_SHUTDOWN_GRACE`, hand the rest back unacked, close the link.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let admin_stop = CancellationToken::new();
         let admin = {
             let stop = admin_stop.clone();
@@ -136,11 +142,16 @@ impl Dispatcher {
         })
         .await;
         if finished.is_err() {
-            tracing::warn!(left = in_flight.len(), "grace period over; handing unfinished deliveries back");
+            tracing::warn!(
+                left = in_flight.len(),
+                "grace period over; handing unfinished deliveries back"
+            );
             self.handler.abandon.cancel();
-            if tokio::time::timeout(Duration::from_secs(2), async { while in_flight.join_next().await.is_some() {} })
-                .await
-                .is_err()
+            if tokio::time::timeout(Duration::from_secs(2), async {
+                while in_flight.join_next().await.is_some() {}
+            })
+            .await
+            .is_err()
             {
                 in_flight.abort_all();
             }

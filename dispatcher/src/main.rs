@@ -34,6 +34,9 @@ async fn run(config: DispatcherConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.admin_addr))?;
     let dispatcher = Dispatcher::build(config, admin)?;
-    dispatcher.run(herald_shared::shutdown_signal()).await.context("serving the admin port")?;
+    dispatcher
+        .run(herald_shared::shutdown_signal())
+        .await
+        .context("serving the admin port")?;
     Ok(())
 }

@@ -48,26 +48,43 @@ impl Resolver {
                         ))
                     })?;
                 if let Some(reason) = &reference.removed_reason {
-                    return Err(Unreachable(format!("the user's conversation was removed: {reason}")).into());
+                    return Err(Unreachable(format!(
+                        "the user's conversation was removed: {reason}"
+                    ))
+                    .into());
                 }
-                Ok(Destination { service_url: reference.service_url, conversation_id: reference.conversation_id })
+                Ok(Destination {
+                    service_url: reference.service_url,
+                    conversation_id: reference.conversation_id,
+                })
             }
             Target::Conversation(conversation) => {
                 let stored = self.conversations.get(&conversation.id).await?;
                 if let Some(reason) = stored.as_ref().and_then(|r| r.removed_reason.as_ref()) {
-                    return Err(Unreachable(format!("the conversation was removed: {reason}")).into());
+                    return Err(
+                        Unreachable(format!("the conversation was removed: {reason}")).into(),
+                    );
                 }
                 let service_url = match (&conversation.service_url, stored) {
                     (Some(url), _) => url.clone(),
                     (None, Some(reference)) => reference.service_url,
-                    (None, None) => self.tenant_service_url(conversation.tenant_id.as_deref()).await?,
+                    (None, None) => {
+                        self.tenant_service_url(conversation.tenant_id.as_deref())
+                            .await?
+                    }
                 };
-                Ok(Destination { service_url, conversation_id: conversation.id.clone() })
+                Ok(Destination {
+                    service_url,
+                    conversation_id: conversation.id.clone(),
+                })
             }
             Target::Channel(channel) => {
                 // A post to the channel's conversation id starts a new thread in that channel.
                 let service_url = self.tenant_service_url(Some(&channel.tenant_id)).await?;
-                Ok(Destination { service_url, conversation_id: channel.channel_id.clone() })
+                Ok(Destination {
+                    service_url,
+                    conversation_id: channel.channel_id.clone(),
+                })
             }
         }
     }
@@ -79,8 +96,11 @@ impl Resolver {
                 return Ok(url);
             }
         }
-        self.default_service_url
-            .clone()
-            .ok_or_else(|| Unreachable("no serviceUrl is known for this tenant and the cloud has no default".into()).into())
+        self.default_service_url.clone().ok_or_else(|| {
+            Unreachable(
+                "no serviceUrl is known for this tenant and the cloud has no default".into(),
+            )
+            .into()
+        })
     }
 }

@@ -22,10 +22,18 @@ mod tests {
         let schedule: RetrySchedule = "4s,40s".parse().unwrap();
         for _ in 0..100 {
             let first = backoff(&schedule, 1, None);
-            assert!(first >= Duration::from_secs(3) && first <= Duration::from_secs(5), "{first:?}");
+            assert!(
+                first >= Duration::from_secs(3) && first <= Duration::from_secs(5),
+                "{first:?}"
+            );
             let later = backoff(&schedule, 7, None);
-            assert!(later >= Duration::from_secs(30) && later <= Duration::from_secs(50), "{later:?}");
-            assert!(backoff(&schedule, 1, Some(Duration::from_secs(60))) >= Duration::from_secs(60));
+            assert!(
+                later >= Duration::from_secs(30) && later <= Duration::from_secs(50),
+                "{later:?}"
+            );
+            assert!(
+                backoff(&schedule, 1, Some(Duration::from_secs(60))) >= Duration::from_secs(60)
+            );
         }
     }
 }

@@ -23,6 +23,18 @@ use herald_shared::amqp::PublishError;
 /// Names Herald's own job ids (UUID v5 over namespace, conversation, install, kind).
 const JOB_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6865_7261_6c64_4a6f_6273_0000_0000_0001);
 
+/// The id of an install's `welcome` or `reminder` job: the same for every activity of that
+/// install, different for the next install of the same conversation.
+pub fn greeting_job_id(
+    namespace: &str,
+    conversation_id: &str,
+    generation: u64,
+    kind: &str,
+) -> String {
+    let name = format!("{namespace}/{conversation_id}/{generation}/{kind}");
+    Uuid::new_v5(&JOB_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GreetingError {
     #[error(transparent)]
@@ -52,18 +64,31 @@ impl Greeter {
         traceparent: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<(), GreetingError> {
-        let (Some(tenant_id), Some(aad_object_id)) = (&reference.tenant_id, &reference.user_aad_object_id) else {
+        let (Some(tenant_id), Some(aad_object_id)) =
+            (&reference.tenant_id, &reference.user_aad_object_id)
+        else {
             return Err(GreetingError::NoUser);
         };
-        let to = Target::User(UserTarget { tenant_id: tenant_id.clone(), aad_object_id: aad_object_id.clone() });
+        let to = Target::User(UserTarget {
+            tenant_id: tenant_id.clone(),
+            aad_object_id: aad_object_id.clone(),
+        });
         let jobs = [
             ("welcome", &self.welcome_text, None),
-            ("reminder", &self.reminder_text, Some(now + self.reminder_delay)),
+            (
+                "reminder",
+                &self.reminder_text,
+                Some(now + self.reminder_delay),
+            ),
         ];
         for (kind, text, deliver_at) in jobs {
-            let name = format!("{}/{}/{}/{kind}", self.namespace, reference.conversation_id, install.generation);
             let job = Job {
-                id: Uuid::new_v5(&JOB_ID_NAMESPACE, name.as_bytes()).to_string(),
+                id: greeting_job_id(
+                    &self.namespace,
+                    &reference.conversation_id,
+                    install.generation,
+                    kind,
+                ),
                 to: to.clone(),
                 message: Message::text(text.as_str()),
                 deliver_at,
@@ -74,7 +99,12 @@ impl Greeter {
         Ok(())
     }
 
-    async fn ensure_queued(&self, mut job: Job, traceparent: Option<&str>, now: OffsetDateTime) -> Result<(), GreetingError> {
+    async fn ensure_queued(
+        &self,
+        mut job: Job,
+        traceparent: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<(), GreetingError> {
         let to = serde_json::to_value(&job.to).unwrap_or_default();
         let record = StatusRecord::new(&job.id, to, job.deliver_at, now);
         if let Err(existing) = self.statuses.create(&record).await? {
@@ -93,7 +123,9 @@ impl Greeter {
         if let Some(traceparent) = traceparent {
             headers::set_text(&mut amqp_headers, headers::TRACEPARENT, traceparent);
         }
-        self.publisher.publish_job(&job.id, &body, delay, amqp_headers).await?;
+        self.publisher
+            .publish_job(&job.id, &body, delay, amqp_headers)
+            .await?;
         self.statuses.mark_published(&[&job.id]).await?;
         tracing::info!(job_id = %job.id, deliver_at = ?job.deliver_at, "queued an install greeting");
         Ok(())

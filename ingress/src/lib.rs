@@ -60,7 +60,11 @@ pub struct Ingress {
 impl Ingress {
     /// Wires the service. Nothing here waits for Redis or RabbitMQ: the service starts while
     /// they are down, reports unready, and recovers when they return.
-    pub fn build(config: IngressConfig, http: TcpListener, admin: TcpListener) -> Result<Self, BuildError> {
+    pub fn build(
+        config: IngressConfig,
+        http: TcpListener,
+        admin: TcpListener,
+    ) -> Result<Self, BuildError> {
         let common = &config.common;
         let tracker = TaskTracker::new();
         let broker_stop = CancellationToken::new();
@@ -117,7 +121,10 @@ impl Ingress {
 
     /// Serves until `shutdown` completes, then finishes the requests in progress (their
     /// writes included) and closes the broker link.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let stop = CancellationToken::new();
         let admin_stop = stop.clone();
         let admin = axum::serve(self.admin, self.admin_router)

@@ -2,7 +2,10 @@
 //! SIGTERM or Ctrl-C.
 
 use herald_ingress::Ingress;
-use herald_shared::{config::{Env, IngressConfig}, telemetry};
+use herald_shared::{
+    config::{Env, IngressConfig},
+    telemetry,
+};
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -27,9 +30,16 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(config: IngressConfig) -> anyhow::Result<()> {
     use anyhow::Context;
-    let http = TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
-    let admin = TcpListener::bind(config.admin_addr).await.with_context(|| format!("binding {}", config.admin_addr))?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
+    let admin = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding {}", config.admin_addr))?;
     let ingress = Ingress::build(config, http, admin)?;
-    ingress.run(herald_shared::shutdown_signal()).await.context("serving")?;
+    ingress
+        .run(herald_shared::shutdown_signal())
+        .await
+        .context("serving")?;
     Ok(())
 }

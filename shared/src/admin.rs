@@ -20,7 +20,9 @@ pub struct Readiness {
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.checks.iter().map(|(name, _)| name)).finish()
+        f.debug_list()
+            .entries(self.checks.iter().map(|(name, _)| name))
+            .finish()
     }
 }
 
@@ -34,13 +36,20 @@ impl Readiness {
             let ready = broker.is_ready();
             Box::pin(async move { ready })
         });
-        Self { checks: vec![("redis", redis_check), ("rabbitmq", broker_check)] }
+        Self {
+            checks: vec![("redis", redis_check), ("rabbitmq", broker_check)],
+        }
     }
 
     /// Each dependency's state, checked concurrently.
     pub async fn check(&self) -> Vec<(&'static str, bool)> {
-        let results = futures_util::future::join_all(self.checks.iter().map(|(_, check)| check())).await;
-        self.checks.iter().map(|(name, _)| *name).zip(results).collect()
+        let results =
+            futures_util::future::join_all(self.checks.iter().map(|(_, check)| check())).await;
+        self.checks
+            .iter()
+            .map(|(name, _)| *name)
+            .zip(results)
+            .collect()
     }
 }
 
@@ -59,6 +68,10 @@ async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
         "checks": checks.iter().map(|(name, ok)| (name.to_string(), json!(if *ok { "up" } else { "down" })))
             .collect::<serde_json::Map<_, _>>(),
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }

@@ -100,7 +100,9 @@ impl fmt::Display for ServiceUrlAllowlist {
 
 fn parse_pattern(raw: &str) -> Result<Pattern, String> {
     let bad = |why: &str| format!("bad serviceUrl pattern {raw:?}: {why}");
-    let (scheme, rest) = raw.split_once("://").ok_or_else(|| bad("expected scheme://host"))?;
+    let (scheme, rest) = raw
+        .split_once("://")
+        .ok_or_else(|| bad("expected scheme://host"))?;
     if scheme != "https" && scheme != "http" {
         return Err(bad("the scheme must be http or https"));
     }
@@ -110,7 +112,10 @@ fn parse_pattern(raw: &str) -> Result<Pattern, String> {
         Some((host, "*")) => (host, PortPattern::Any),
         Some((host, port)) => (
             host,
-            PortPattern::Exact(port.parse().map_err(|_| bad("the port must be a number or *"))?),
+            PortPattern::Exact(
+                port.parse()
+                    .map_err(|_| bad("the port must be a number or *"))?,
+            ),
         ),
         None => (authority, PortPattern::Default),
     };
@@ -124,7 +129,11 @@ fn parse_pattern(raw: &str) -> Result<Pattern, String> {
         }
         _ => HostPattern::Exact(host),
     };
-    Ok(Pattern { scheme: scheme.to_owned(), host, port })
+    Ok(Pattern {
+        scheme: scheme.to_owned(),
+        host,
+        port,
+    })
 }
 
 #[cfg(test)]
@@ -141,9 +150,18 @@ mod tests {
         assert!(l.allows("https://smba.trafficmanager.net/amer/72f988bf/"));
         assert!(l.allows("https://smba.trafficmanager.net/teams/"));
         assert!(l.allows("https://europe.smba.botframework.com/"));
-        assert!(!l.allows("https://botframework.com/"), "*. needs a subdomain");
-        assert!(!l.allows("http://smba.trafficmanager.net/"), "scheme must match");
-        assert!(!l.allows("https://smba.trafficmanager.net:8443/"), "no port means default");
+        assert!(
+            !l.allows("https://botframework.com/"),
+            "*. needs a subdomain"
+        );
+        assert!(
+            !l.allows("http://smba.trafficmanager.net/"),
+            "scheme must match"
+        );
+        assert!(
+            !l.allows("https://smba.trafficmanager.net:8443/"),
+            "no port means default"
+        );
         assert!(!l.allows("https://smba.trafficmanager.net.evil.example/"));
         assert!(!l.allows("https://evilbotframework.com/"));
         assert!(!l.allows("https://user:pw@smba.trafficmanager.net/"));
@@ -161,7 +179,14 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_named() {
-        for bad in ["", "smba.trafficmanager.net", "ftp://x", "https://*", "https://a.*.com", "http://h:port"] {
+        for bad in [
+            "",
+            "smba.trafficmanager.net",
+            "ftp://x",
+            "https://*",
+            "https://a.*.com",
+            "http://h:port",
+        ] {
             let err = bad.parse::<ServiceUrlAllowlist>().unwrap_err();
             assert!(!err.is_empty(), "{bad}");
         }

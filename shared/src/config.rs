@@ -21,8 +21,15 @@ impl Env {
         Self(std::env::vars().collect())
     }
 
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
@@ -30,12 +37,18 @@ impl Env {
         self
     }
 
+    /// Every variable, for handing the same configuration to a child process.
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
     }
 
     fn required(&self, key: &'static str) -> Result<&str, ConfigError> {
-        self.get(key).ok_or_else(|| ConfigError::new(key, "is required but not set"))
+        self.get(key)
+            .ok_or_else(|| ConfigError::new(key, "is required but not set"))
     }
 
     fn parse_or<T: FromStr>(&self, key: &'static str, default: T) -> Result<T, ConfigError>
@@ -44,15 +57,21 @@ impl Env {
     {
         match self.get(key) {
             None => Ok(default),
-            Some(raw) => raw.parse().map_err(|e| ConfigError::new(key, format!("{raw:?}: {e}"))),
+            Some(raw) => raw
+                .parse()
+                .map_err(|e| ConfigError::new(key, format!("{raw:?}: {e}"))),
         }
     }
 
     fn duration_or(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         match self.get(key) {
             None => Ok(default),
-            Some(raw) => humantime::parse_duration(raw)
-                .map_err(|e| ConfigError::new(key, format!("{raw:?} is not a duration ({e}); try 10s or 5m"))),
+            Some(raw) => humantime::parse_duration(raw).map_err(|e| {
+                ConfigError::new(
+                    key,
+                    format!("{raw:?} is not a duration ({e}); try 10s or 5m"),
+                )
+            }),
         }
     }
 
@@ -72,7 +91,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(variable: &'static str, reason: impl Into<String>) -> Self {
-        Self { variable, reason: reason.into() }
+        Self {
+            variable,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -92,7 +114,8 @@ impl FromStr for Namespace {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -112,6 +135,10 @@ impl fmt::Display for Namespace {
 pub struct SecretUrl(Url);
 
 impl SecretUrl {
+    pub fn parse(raw: &str) -> Result<Self, url::ParseError> {
+        Url::parse(raw).map(Self)
+    }
+
     pub fn expose(&self) -> &str {
         self.0.as_str()
     }
@@ -191,11 +218,18 @@ impl CommonConfig {
         let namespace = env.parse_or("HERALD_NAMESPACE", Namespace("herald".into()))?;
         let redis_url = SecretUrl(env.url_or("HERALD_REDIS_URL", "redis://127.0.0.1:6379")?);
         if !matches!(redis_url.0.scheme(), "redis" | "rediss") {
-            return Err(ConfigError::new("HERALD_REDIS_URL", "must be a redis:// or rediss:// URL"));
+            return Err(ConfigError::new(
+                "HERALD_REDIS_URL",
+                "must be a redis:// or rediss:// URL",
+            ));
         }
-        let amqp_url = SecretUrl(env.url_or("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")?);
+        let amqp_url =
+            SecretUrl(env.url_or("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")?);
         if !matches!(amqp_url.0.scheme(), "amqp" | "amqps") {
-            return Err(ConfigError::new("HERALD_AMQP_URL", "must be an amqp:// or amqps:// URL"));
+            return Err(ConfigError::new(
+                "HERALD_AMQP_URL",
+                "must be an amqp:// or amqps:// URL",
+            ));
         }
         let bot = BotCredentials {
             app_id: env.required("HERALD_APP_ID")?.to_owned(),
@@ -220,12 +254,20 @@ fn teams_endpoints(env: &Env, bot: &BotCredentials) -> Result<TeamsEndpoints, Co
     let cloud: Cloud = env.parse_or("HERALD_CLOUD", Cloud::Public)?;
     let preset = cloud.endpoints();
     // Single-tenant bots get their token from their own tenant (TEAMS.md §2).
-    let token_tenant = bot.tenant_id.as_deref().unwrap_or(preset.multi_tenant_tenant);
+    let token_tenant = bot
+        .tenant_id
+        .as_deref()
+        .unwrap_or(preset.multi_tenant_tenant);
     let default_token_url = format!("{}/{token_tenant}/oauth2/v2.0/token", preset.login_host);
     let default_service_url = match env.get("HERALD_DEFAULT_SERVICE_URL") {
         Some(raw) => Some(
             Url::parse(raw)
-                .map_err(|e| ConfigError::new("HERALD_DEFAULT_SERVICE_URL", format!("{raw:?} is not a URL ({e})")))?
+                .map_err(|e| {
+                    ConfigError::new(
+                        "HERALD_DEFAULT_SERVICE_URL",
+                        format!("{raw:?} is not a URL ({e})"),
+                    )
+                })?
                 .to_string(),
         ),
         None => preset.default_service_url.map(str::to_owned),
@@ -241,16 +283,25 @@ fn teams_endpoints(env: &Env, bot: &BotCredentials) -> Result<TeamsEndpoints, Co
         if !service_url_allowlist.allows(url) {
             return Err(ConfigError::new(
                 "HERALD_DEFAULT_SERVICE_URL",
-                format!("{url:?} is not allowed by HERALD_SERVICE_URL_ALLOWLIST ({service_url_allowlist})"),
+                format!(
+                    "{url:?} is not allowed by HERALD_SERVICE_URL_ALLOWLIST ({service_url_allowlist})"
+                ),
             ));
         }
     }
     Ok(TeamsEndpoints {
         cloud,
         token_url: env.url_or("HERALD_TOKEN_URL", &default_token_url)?,
-        token_scope: env.get("HERALD_TOKEN_SCOPE").unwrap_or(preset.token_scope).to_owned(),
-        openid_metadata_url: env.url_or("HERALD_OPENID_METADATA_URL", preset.openid_metadata_url)?,
-        token_issuer: env.get("HERALD_TOKEN_ISSUER").unwrap_or(preset.token_issuer).to_owned(),
+        token_scope: env
+            .get("HERALD_TOKEN_SCOPE")
+            .unwrap_or(preset.token_scope)
+            .to_owned(),
+        openid_metadata_url: env
+            .url_or("HERALD_OPENID_METADATA_URL", preset.openid_metadata_url)?,
+        token_issuer: env
+            .get("HERALD_TOKEN_ISSUER")
+            .unwrap_or(preset.token_issuer)
+            .to_owned(),
         default_service_url,
         service_url_allowlist,
     })
@@ -274,7 +325,8 @@ impl IngressConfig {
         Ok(Self {
             common: CommonConfig::from_env(env)?,
             http_addr: env.parse_or("HERALD_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 3978)))?,
-            admin_addr: env.parse_or("HERALD_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
+            admin_addr: env
+                .parse_or("HERALD_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
             api_keys: env
                 .get("HERALD_API_KEYS")
                 .map(|keys| {
@@ -299,9 +351,9 @@ impl IngressConfig {
 
     /// Whether `presented` is one of the configured API keys, compared in constant time.
     pub fn api_key_matches(&self, presented: &str) -> bool {
-        self.api_keys
-            .iter()
-            .fold(false, |found, key| found | constant_time_eq(key.expose_secret().as_bytes(), presented.as_bytes()))
+        self.api_keys.iter().fold(false, |found, key| {
+            found | constant_time_eq(key.expose_secret().as_bytes(), presented.as_bytes())
+        })
     }
 }
 
@@ -343,7 +395,9 @@ impl FromStr for RetrySchedule {
 
 impl Default for RetrySchedule {
     fn default() -> Self {
-        "1s,4s,15s,1m,4m,15m".parse().expect("the default schedule parses")
+        "1s,4s,15s,1m,4m,15m"
+            .parse()
+            .expect("the default schedule parses")
     }
 }
 
@@ -368,7 +422,8 @@ impl DispatcherConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let config = Self {
             common: CommonConfig::from_env(env)?,
-            admin_addr: env.parse_or("HERALD_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9091)))?,
+            admin_addr: env
+                .parse_or("HERALD_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9091)))?,
             prefetch: env.parse_or("HERALD_PREFETCH", 256)?,
             retry_schedule: env.parse_or("HERALD_RETRY_SCHEDULE", RetrySchedule::default())?,
             max_attempts: env.parse_or("HERALD_MAX_ATTEMPTS", 8)?,
@@ -380,12 +435,18 @@ impl DispatcherConfig {
             return Err(ConfigError::new("HERALD_PREFETCH", "must be at least 1"));
         }
         if config.max_attempts == 0 {
-            return Err(ConfigError::new("HERALD_MAX_ATTEMPTS", "must be at least 1"));
+            return Err(ConfigError::new(
+                "HERALD_MAX_ATTEMPTS",
+                "must be at least 1",
+            ));
         }
         if config.send_lease <= config.send_timeout {
             return Err(ConfigError::new(
                 "HERALD_SEND_LEASE",
-                format!("must be longer than HERALD_SEND_TIMEOUT ({:?})", config.send_timeout),
+                format!(
+                    "must be longer than HERALD_SEND_TIMEOUT ({:?})",
+                    config.send_timeout
+                ),
             ));
         }
         Ok(config)
@@ -421,12 +482,24 @@ mod tests {
     #[test]
     fn single_tenant_bots_use_their_tenant_and_clouds_have_presets() {
         let mut env = base();
-        env.set("HERALD_APP_TENANT_ID", "contoso-tenant").set("HERALD_CLOUD", "usgov");
+        env.set("HERALD_APP_TENANT_ID", "contoso-tenant")
+            .set("HERALD_CLOUD", "usgov");
         let c = CommonConfig::from_env(&env).unwrap();
-        assert_eq!(c.teams.token_url.as_str(), "https://login.microsoftonline.us/contoso-tenant/oauth2/v2.0/token");
+        assert_eq!(
+            c.teams.token_url.as_str(),
+            "https://login.microsoftonline.us/contoso-tenant/oauth2/v2.0/token"
+        );
         assert_eq!(c.teams.token_scope, "https://api.botframework.us/.default");
-        assert!(c.teams.service_url_allowlist.allows("https://smba.infra.gov.teams.microsoft.us/gcch"));
-        assert!(!c.teams.service_url_allowlist.allows("https://smba.trafficmanager.net/teams/"));
+        assert!(
+            c.teams
+                .service_url_allowlist
+                .allows("https://smba.infra.gov.teams.microsoft.us/gcch")
+        );
+        assert!(
+            !c.teams
+                .service_url_allowlist
+                .allows("https://smba.trafficmanager.net/teams/")
+        );
     }
 
     #[test]
@@ -452,7 +525,8 @@ mod tests {
     #[test]
     fn secrets_never_show_in_debug_output() {
         let mut env = base();
-        env.set("HERALD_AMQP_URL", "amqp://user:hunter2@rabbit:5672/%2f").set("HERALD_API_KEYS", "k-123,k-456");
+        env.set("HERALD_AMQP_URL", "amqp://user:hunter2@rabbit:5672/%2f")
+            .set("HERALD_API_KEYS", "k-123,k-456");
         let c = IngressConfig::from_env(&env).unwrap();
         let shown = format!("{c:?}");
         for secret in ["hunter2", "s3cret", "k-123", "k-456"] {

@@ -17,10 +17,18 @@ pub struct Job {
     pub to: Target,
     pub message: Message,
     /// Absent means now.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub deliver_at: Option<OffsetDateTime>,
     /// Once passed, the job ends `expired`, unsent.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub expires_at: Option<OffsetDateTime>,
 }
 
@@ -99,7 +107,10 @@ pub enum TextFormat {
 
 impl Message {
     pub fn text(text: impl Into<String>) -> Self {
-        Self { text: Some(text.into()), ..Self::default() }
+        Self {
+            text: Some(text.into()),
+            ..Self::default()
+        }
     }
 
     /// The message activity Herald POSTs to the Bot Connector.
@@ -122,21 +133,38 @@ pub enum JobError {
 impl Job {
     /// Parses and validates a job body (as published over AMQP or posted over HTTP).
     pub fn from_slice(body: &[u8]) -> Result<Self, JobError> {
-        let job: Job = serde_json::from_slice(body).map_err(|e| JobError::Malformed(e.to_string()))?;
+        let job: Job =
+            serde_json::from_slice(body).map_err(|e| JobError::Malformed(e.to_string()))?;
         job.validate()?;
         Ok(job)
     }
 
     pub fn validate(&self) -> Result<(), JobError> {
-        let invalid = |field, reason: &str| Err(JobError::Invalid { field, reason: reason.to_owned() });
-        if self.id.is_empty() || self.id.len() > 128 || !self.id.bytes().all(|b| b.is_ascii_graphic()) {
+        let invalid = |field, reason: &str| {
+            Err(JobError::Invalid {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.id.is_empty()
+            || self.id.len() > 128
+            || !self.id.bytes().all(|b| b.is_ascii_graphic())
+        {
             return invalid("id", "must be 1-128 printable ASCII characters");
         }
         match &self.to {
-            Target::User(u) if u.tenant_id.is_empty() => return invalid("to.user.tenantId", "is empty"),
-            Target::User(u) if u.aad_object_id.is_empty() => return invalid("to.user.aadObjectId", "is empty"),
-            Target::Conversation(c) if c.id.is_empty() => return invalid("to.conversation.id", "is empty"),
-            Target::Channel(c) if c.tenant_id.is_empty() || c.team_id.is_empty() || c.channel_id.is_empty() => {
+            Target::User(u) if u.tenant_id.is_empty() => {
+                return invalid("to.user.tenantId", "is empty");
+            }
+            Target::User(u) if u.aad_object_id.is_empty() => {
+                return invalid("to.user.aadObjectId", "is empty");
+            }
+            Target::Conversation(c) if c.id.is_empty() => {
+                return invalid("to.conversation.id", "is empty");
+            }
+            Target::Channel(c)
+                if c.tenant_id.is_empty() || c.team_id.is_empty() || c.channel_id.is_empty() =>
+            {
                 return invalid("to.channel", "needs tenantId, teamId and channelId");
             }
             _ => {}
@@ -147,7 +175,10 @@ impl Job {
         }
         let size = self.message.to_activity().to_string().len();
         if size > MAX_ACTIVITY_BYTES {
-            return invalid("message", &format!("is {size} bytes; Teams accepts at most {MAX_ACTIVITY_BYTES}"));
+            return invalid(
+                "message",
+                &format!("is {size} bytes; Teams accepts at most {MAX_ACTIVITY_BYTES}"),
+            );
         }
         if let (Some(deliver), Some(expires)) = (self.deliver_at, self.expires_at) {
             if expires <= deliver {
@@ -182,7 +213,13 @@ mod tests {
           "someFutureField": true
         }"#;
         let job = Job::from_slice(body).unwrap();
-        assert_eq!(job.to, Target::User(UserTarget { tenant_id: "t".into(), aad_object_id: "u".into() }));
+        assert_eq!(
+            job.to,
+            Target::User(UserTarget {
+                tenant_id: "t".into(),
+                aad_object_id: "u".into()
+            })
+        );
         assert_eq!(job.message.text_format, Some(TextFormat::Markdown));
         let again = Job::from_slice(&serde_json::to_vec(&job).unwrap()).unwrap();
         assert_eq!(again, job);
@@ -193,9 +230,18 @@ mod tests {
     fn invalid_jobs_say_why() {
         let cases: &[(&str, &str)] = &[
             (r#"not json"#, "not a valid job"),
-            (r#"{"id":"a","to":{"pigeon":{}},"message":{"text":"x"}}"#, "unknown variant"),
-            (r#"{"id":"a","to":{"user":{"tenantId":"","aadObjectId":"u"}},"message":{"text":"x"}}"#, "tenantId"),
-            (r#"{"id":"a","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{}}"#, "needs text"),
+            (
+                r#"{"id":"a","to":{"pigeon":{}},"message":{"text":"x"}}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"id":"a","to":{"user":{"tenantId":"","aadObjectId":"u"}},"message":{"text":"x"}}"#,
+                "tenantId",
+            ),
+            (
+                r#"{"id":"a","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{}}"#,
+                "needs text",
+            ),
             (
                 r#"{"id":"a","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{"text":"x"},
                    "deliverAt":"2026-11-25T10:00:00Z","expiresAt":"2026-11-25T09:00:00Z"}"#,
@@ -208,11 +254,19 @@ mod tests {
         }
         let big = Job {
             id: "a".into(),
-            to: Target::User(UserTarget { tenant_id: "t".into(), aad_object_id: "u".into() }),
+            to: Target::User(UserTarget {
+                tenant_id: "t".into(),
+                aad_object_id: "u".into(),
+            }),
             message: Message::text("x".repeat(MAX_ACTIVITY_BYTES)),
             deliver_at: None,
             expires_at: None,
         };
-        assert!(big.validate().unwrap_err().to_string().contains("Teams accepts at most"));
+        assert!(
+            big.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("Teams accepts at most")
+        );
     }
 }

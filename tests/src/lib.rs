@@ -1,1 +1,449 @@
-//! herald end-to-end test support
+//! Support for Herald's end-to-end tests: a whole stack (the emulator as Teams, the ingress and
+//! the dispatcher) started in-process on port-0 listeners against the real Redis and RabbitMQ,
+//! each test in its own namespace, cleaned up afterwards (even when the test panics).
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use herald_dispatcher::Dispatcher;
+use herald_emulator::{Emulator, EmulatorConfig, ReceivedActivity};
+use herald_ingress::Ingress;
+use herald_shared::{
+    amqp::Topology,
+    config::{DispatcherConfig, Env, IngressConfig, Namespace, SecretUrl},
+    store::{ConversationStore, Redis, StatusRecord, StatusStore},
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Logs to the test output when `RUST_LOG` is set (`RUST_LOG=info cargo test -- --nocapture`).
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        herald_shared::telemetry::init(
+            herald_shared::config::LogFormat::Pretty,
+            &std::env::var("RUST_LOG").unwrap(),
+        );
+    }
+}
+
+/// A fresh namespace: every test has its own queues and keys.
+pub fn fresh_namespace() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// How a test wants its stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub reminder_delay: Duration,
+    pub start_dispatcher: bool,
+    pub rate_limits: bool,
+    /// Extra or overriding service configuration.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            reminder_delay: Duration::from_secs(2),
+            start_dispatcher: true,
+            rate_limits: true,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl StackOptions {
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// A running stack for one test.
+#[derive(Debug)]
+pub struct TestStack {
+    pub namespace: String,
+    pub emulator: Emulator,
+    pub ingress_url: String,
+    pub ingress_admin_url: String,
+    pub dispatcher_admin_url: Option<String>,
+    pub statuses: StatusStore,
+    pub conversations: ConversationStore,
+    pub http: reqwest::Client,
+    env: Env,
+    stop: CancellationToken,
+    services: Vec<JoinHandle<std::io::Result<()>>>,
+    _cleanup: NamespaceGuard,
+}
+
+impl TestStack {
+    pub async fn start() -> Self {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> Self {
+        init_logging();
+        let namespace = fresh_namespace();
+        let emulator = Emulator::start(
+            EmulatorConfig {
+                rate_limits: options.rate_limits,
+                ..EmulatorConfig::default()
+            },
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )
+        .await
+        .expect("the emulator starts");
+        let mut env = service_env(&namespace, &emulator);
+        env.set(
+            "HERALD_REMINDER_DELAY",
+            humantime_secs(options.reminder_delay),
+        );
+        for (key, value) in &options.env {
+            env.set(key.clone(), value.clone());
+        }
+        let redis = Redis::new(
+            &SecretUrl::parse(&redis_url()).unwrap(),
+            namespace.parse::<Namespace>().unwrap(),
+        )
+        .unwrap();
+        let mut stack = Self {
+            statuses: StatusStore::new(redis.clone(), Duration::from_secs(3600)),
+            conversations: ConversationStore::new(redis),
+            _cleanup: NamespaceGuard::new(&namespace),
+            namespace,
+            emulator,
+            ingress_url: String::new(),
+            ingress_admin_url: String::new(),
+            dispatcher_admin_url: None,
+            http: reqwest::Client::new(),
+            env,
+            stop: CancellationToken::new(),
+            services: Vec::new(),
+        };
+        stack.start_ingress().await;
+        stack
+            .emulator
+            .set_bot_endpoint(&format!("{}/api/messages", stack.ingress_url));
+        if options.start_dispatcher {
+            stack.start_dispatcher().await;
+        }
+        stack
+    }
+
+    /// The configuration the services of this stack run with (for starting more of them, or
+    /// the real binaries).
+    pub fn env(&self) -> Env {
+        self.env.clone()
+    }
+
+    async fn start_ingress(&mut self) {
+        let config = IngressConfig::from_env(&self.env).expect("the test configuration is valid");
+        let (http, admin) = (listener().await, listener().await);
+        let ingress = Ingress::build(config, http, admin).expect("the ingress builds");
+        self.ingress_url = format!("http://{}", ingress.http_addr());
+        self.ingress_admin_url = format!("http://{}", ingress.admin_addr());
+        let stop = self.stop.clone();
+        self.services.push(tokio::spawn(
+            ingress.run(async move { stop.cancelled().await }),
+        ));
+        let ready = format!("{}/readyz", self.ingress_admin_url);
+        wait_until("the ingress to be ready", Duration::from_secs(30), || {
+            is_ok(&self.http, &ready)
+        })
+        .await;
+    }
+
+    pub async fn start_dispatcher(&mut self) {
+        let config =
+            DispatcherConfig::from_env(&self.env).expect("the test configuration is valid");
+        let dispatcher =
+            Dispatcher::build(config, listener().await).expect("the dispatcher builds");
+        let admin = format!("http://{}", dispatcher.admin_addr());
+        let stop = self.stop.clone();
+        self.services.push(tokio::spawn(
+            dispatcher.run(async move { stop.cancelled().await }),
+        ));
+        let ready = format!("{admin}/readyz");
+        wait_until(
+            "the dispatcher to be ready",
+            Duration::from_secs(30),
+            || is_ok(&self.http, &ready),
+        )
+        .await;
+        self.dispatcher_admin_url = Some(admin);
+    }
+
+    pub async fn status(&self, job_id: &str) -> Option<StatusRecord> {
+        self.statuses.get(job_id).await.expect("redis answers")
+    }
+
+    /// Waits until the conversation has received at least `count` activities from the bot.
+    pub async fn wait_for_activities(
+        &self,
+        conversation_id: &str,
+        count: usize,
+        within: Duration,
+    ) -> Vec<ReceivedActivity> {
+        let what = format!("{count} activities in {conversation_id}");
+        wait_until(&what, within, || async {
+            self.emulator.activities(conversation_id).len() >= count
+        })
+        .await;
+        self.emulator.activities(conversation_id)
+    }
+
+    /// Stops the services and waits for them.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        for service in self.services.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(30), service).await;
+        }
+    }
+}
+
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The configuration of services pointed at `emulator` in `namespace`.
+pub fn service_env(namespace: &str, emulator: &Emulator) -> Env {
+    let config = EmulatorConfig::default();
+    Env::from_pairs([
+        ("HERALD_NAMESPACE", namespace.to_owned()),
+        ("HERALD_REDIS_URL", redis_url()),
+        ("HERALD_AMQP_URL", amqp_url()),
+        ("HERALD_APP_ID", config.app_id.clone()),
+        ("HERALD_APP_PASSWORD", config.app_password.clone()),
+        ("HERALD_TOKEN_URL", emulator.token_url()),
+        ("HERALD_OPENID_METADATA_URL", emulator.openid_metadata_url()),
+        ("HERALD_DEFAULT_SERVICE_URL", emulator.default_service_url()),
+        (
+            "HERALD_SERVICE_URL_ALLOWLIST",
+            "http://127.0.0.1:*".to_owned(),
+        ),
+        ("HERALD_LOG_FORMAT", "pretty".to_owned()),
+        ("HERALD_RETRY_SCHEDULE", "200ms,500ms,1s".to_owned()),
+        ("HERALD_SEND_LEASE", "3s".to_owned()),
+        ("HERALD_SEND_TIMEOUT", "2s".to_owned()),
+        ("HERALD_SHUTDOWN_GRACE", "5s".to_owned()),
+        ("HERALD_PREFETCH", "32".to_owned()),
+    ])
+}
+
+pub fn redis_url() -> String {
+    std::env::var("HERALD_TEST_REDIS_URL").unwrap_or_else(|_| REDIS_URL.to_owned())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("HERALD_TEST_AMQP_URL").unwrap_or_else(|_| AMQP_URL.to_owned())
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+pub async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port-0 listener binds")
+}
+
+async fn is_ok(http: &reqwest::Client, url: &str) -> bool {
+    matches!(http.get(url).send().await, Ok(r) if r.status().is_success())
+}
+
+/// Polls `condition` until it holds, failing the test with `what` after `within`.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls for up to `within` that `condition` never holds (for "nothing happened" checks that
+/// must give the system a fair chance to misbehave).
+pub async fn holds_for<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if !condition().await {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
+/// A fixture payload from `tests/fixtures/`.
+pub fn fixture(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A built binary of the workspace (the README's test command builds them first).
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Deletes a namespace's queues, exchanges and Redis keys when dropped, panicking test or not.
+#[derive(Debug)]
+pub struct NamespaceGuard {
+    namespace: String,
+}
+
+impl NamespaceGuard {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+        }
+    }
+}
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let namespace = self.namespace.clone();
+        // A runtime of its own: Drop may run inside, or outside, the test's runtime.
+        let cleaned = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(delete_namespace(&namespace))
+        })
+        .join();
+        if let Ok(Err(error)) = cleaned {
+            eprintln!("cleaning up namespace {}: {error}", self.namespace);
+        }
+    }
+}
+
+pub async fn delete_namespace(namespace: &str) -> anyhow::Result<()> {
+    let topology = Topology::new(namespace.parse::<Namespace>().map_err(anyhow::Error::msg)?);
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    for queue in topology.all_queues() {
+        channel
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await?;
+    }
+    for exchange in topology.all_exchanges() {
+        channel
+            .exchange_delete(
+                exchange.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await?;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    let client = redis::Client::open(redis_url())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut redis)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut redis)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Sends a raw job body to `{ns}.jobs` the way another service would (confirmed, persistent).
+pub async fn publish_raw(namespace: &str, message_id: &str, body: &[u8]) -> anyhow::Result<()> {
+    publish_raw_many(namespace, &[(message_id.to_owned(), body.to_vec())]).await
+}
+
+/// Like [`publish_raw`] for many bodies over one connection, confirms pipelined.
+pub async fn publish_raw_many(
+    namespace: &str,
+    messages: &[(String, Vec<u8>)],
+) -> anyhow::Result<()> {
+    let topology = Topology::new(namespace.parse::<Namespace>().map_err(anyhow::Error::msg)?);
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    let mut pending = Vec::new();
+    for (message_id, body) in messages {
+        let properties = lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(message_id.as_str().into());
+        let confirm = channel
+            .basic_publish(
+                topology.jobs_exchange().as_str().into(),
+                "notification".into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await?;
+        pending.push(confirm);
+    }
+    for confirm in pending {
+        let confirmation = confirm.await?;
+        anyhow::ensure!(
+            matches!(confirmation, lapin::Confirmation::Ack(None)),
+            "not confirmed: {confirmation:?}"
+        );
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// The address of a socket nobody listens on (for "the dependency is down" tests).
+pub async fn closed_port() -> SocketAddr {
+    let listener = listener().await;
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}

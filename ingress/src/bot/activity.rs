@@ -109,7 +109,8 @@ impl Activity {
     }
 
     fn names_bot(&self, members: &[ChannelAccount]) -> bool {
-        self.bot_id().is_some_and(|bot| members.iter().any(|m| m.id == bot))
+        self.bot_id()
+            .is_some_and(|bot| members.iter().any(|m| m.id == bot))
     }
 
     /// What the activity does beyond refreshing the reference.
@@ -118,14 +119,22 @@ impl Activity {
         match (self.kind.as_str(), self.action.as_deref()) {
             // `add-upgrade` / `remove-upgrade` are app updates, not (un)installs.
             ("installationUpdate", Some("add")) if self.is_personal() => ActivityEffect::Install,
-            ("installationUpdate", Some("remove")) => ActivityEffect::Remove { reason: "the app was uninstalled".into() },
+            ("installationUpdate", Some("remove")) => ActivityEffect::Remove {
+                reason: "the app was uninstalled".into(),
+            },
             ("conversationUpdate", _) if event_type == Some("teamDeleted") => {
-                ActivityEffect::Remove { reason: "the team was deleted".into() }
+                ActivityEffect::Remove {
+                    reason: "the team was deleted".into(),
+                }
             }
             ("conversationUpdate", _) if self.names_bot(&self.members_removed) => {
-                ActivityEffect::Remove { reason: "the bot was removed from the conversation".into() }
+                ActivityEffect::Remove {
+                    reason: "the bot was removed from the conversation".into(),
+                }
             }
-            ("conversationUpdate", _) if self.is_personal() && self.names_bot(&self.members_added) => {
+            ("conversationUpdate", _)
+                if self.is_personal() && self.names_bot(&self.members_added) =>
+            {
                 ActivityEffect::Install
             }
             _ => ActivityEffect::Refresh,
@@ -154,6 +163,9 @@ impl Activity {
     }
 
     pub fn record(&self, now: OffsetDateTime) -> RecordedActivity {
-        RecordedActivity { reference: self.reference(now), effect: self.effect() }
+        RecordedActivity {
+            reference: self.reference(now),
+            effect: self.effect(),
+        }
     }
 }

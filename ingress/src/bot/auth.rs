@@ -61,7 +61,10 @@ impl VerifiedToken {
     /// The checks that need the activity: its serviceUrl equals the token's `serviceurl`
     /// claim (trailing `/` ignored), and the key is endorsed for its channel.
     pub fn check_activity(&self, service_url: &str, channel_id: &str) -> Result<(), AuthError> {
-        let claimed = self.service_url.as_deref().ok_or(AuthError::ServiceUrlMismatch)?;
+        let claimed = self
+            .service_url
+            .as_deref()
+            .ok_or(AuthError::ServiceUrlMismatch)?;
         if claimed.trim_end_matches('/') != service_url.trim_end_matches('/') {
             return Err(AuthError::ServiceUrlMismatch);
         }
@@ -120,7 +123,9 @@ pub struct BotAuthenticator {
 
 impl std::fmt::Debug for BotAuthenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BotAuthenticator").field("metadata_url", &self.metadata_url.as_str()).finish_non_exhaustive()
+        f.debug_struct("BotAuthenticator")
+            .field("metadata_url", &self.metadata_url.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,7 +133,11 @@ impl BotAuthenticator {
     pub fn new(http: reqwest::Client, metadata_url: url::Url, issuer: &str, app_id: &str) -> Self {
         let mut validation = Validation::new(Algorithm::RS256);
         // teams.ts accepts these audience spellings besides the bare app id.
-        validation.set_audience(&[app_id.to_owned(), format!("api://{app_id}"), format!("api://botid-{app_id}")]);
+        validation.set_audience(&[
+            app_id.to_owned(),
+            format!("api://{app_id}"),
+            format!("api://botid-{app_id}"),
+        ]);
         validation.set_issuer(&[issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = CLOCK_SKEW_SECS;
@@ -147,7 +156,10 @@ impl BotAuthenticator {
     /// and lifetime. The activity-dependent checks follow in [`VerifiedToken::check_activity`].
     pub async fn verify(&self, authorization: Option<&str>) -> Result<VerifiedToken, AuthError> {
         let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MissingToken)?;
@@ -157,18 +169,28 @@ impl BotAuthenticator {
         if header.alg != Algorithm::RS256 {
             return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
         }
-        let kid = header.kid.ok_or_else(|| AuthError::Malformed("no kid in the header".into()))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Malformed("no kid in the header".into()))?;
         let key = self.key(&kid).await?;
-        let data = decode::<Claims>(token, &key.key, &self.validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        Ok(VerifiedToken { service_url: data.claims.serviceurl, endorsements: key.endorsements.clone() })
+        let data = decode::<Claims>(token, &key.key, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        Ok(VerifiedToken {
+            service_url: data.claims.serviceurl,
+            endorsements: key.endorsements.clone(),
+        })
     }
 
     async fn key(&self, kid: &str) -> Result<std::sync::Arc<PublishedKey>, AuthError> {
         let now = Instant::now();
         let (known, stale, may_refetch) = {
             let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-            let stale = cache.fetched_at.is_none_or(|at| now.duration_since(at) > KEYS_MAX_AGE);
-            let may_refetch = cache.last_unknown_kid_fetch.is_none_or(|at| now.duration_since(at) > self.unknown_kid_refresh);
+            let stale = cache
+                .fetched_at
+                .is_none_or(|at| now.duration_since(at) > KEYS_MAX_AGE);
+            let may_refetch = cache
+                .last_unknown_kid_fetch
+                .is_none_or(|at| now.duration_since(at) > self.unknown_kid_refresh);
             (cache.keys.get(kid).cloned(), stale, may_refetch)
         };
         match known {
@@ -192,15 +214,22 @@ impl BotAuthenticator {
         {
             // Someone else may have fetched while this task waited.
             let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-            let recent = |at: Option<Instant>| at.is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+            let recent =
+                |at: Option<Instant>| at.is_some_and(|at| at.elapsed() < Duration::from_secs(1));
             if recent(cache.fetched_at) {
                 return Ok(());
             }
         }
         if for_unknown_kid {
-            self.cache.write().unwrap_or_else(|e| e.into_inner()).last_unknown_kid_fetch = Some(Instant::now());
+            self.cache
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_unknown_kid_fetch = Some(Instant::now());
         }
-        let keys = self.fetch_keys().await.inspect_err(|e| tracing::warn!(error = %e, "fetching Teams' signing keys failed"))?;
+        let keys = self
+            .fetch_keys()
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "fetching Teams' signing keys failed"))?;
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         tracing::info!(keys = keys.len(), "fetched Teams' signing keys");
         cache.keys = keys;
@@ -217,24 +246,38 @@ impl BotAuthenticator {
                 response.bytes().await
             }
         };
-        let metadata = get_json(self.metadata_url.as_str()).await.map_err(|e| unavailable(&e))?;
-        let metadata: OpenIdMetadata = serde_json::from_slice(&metadata).map_err(|e| unavailable(&e))?;
-        let jwks = get_json(&metadata.jwks_uri).await.map_err(|e| unavailable(&e))?;
+        let metadata = get_json(self.metadata_url.as_str())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let metadata: OpenIdMetadata =
+            serde_json::from_slice(&metadata).map_err(|e| unavailable(&e))?;
+        let jwks = get_json(&metadata.jwks_uri)
+            .await
+            .map_err(|e| unavailable(&e))?;
         let jwks: Jwks = serde_json::from_slice(&jwks).map_err(|e| unavailable(&e))?;
         let mut keys = HashMap::new();
         for jwk in jwks.keys {
-            let (Some(kid), "RSA", Some(n), Some(e)) = (jwk.kid, jwk.kty.as_str(), jwk.n, jwk.e) else {
+            let (Some(kid), "RSA", Some(n), Some(e)) = (jwk.kid, jwk.kty.as_str(), jwk.n, jwk.e)
+            else {
                 continue;
             };
             match DecodingKey::from_rsa_components(&n, &e) {
                 Ok(key) => {
-                    keys.insert(kid, std::sync::Arc::new(PublishedKey { key, endorsements: jwk.endorsements }));
+                    keys.insert(
+                        kid,
+                        std::sync::Arc::new(PublishedKey {
+                            key,
+                            endorsements: jwk.endorsements,
+                        }),
+                    );
                 }
                 Err(error) => tracing::warn!(%kid, %error, "skipping an unusable published key"),
             }
         }
         if keys.is_empty() {
-            return Err(AuthError::KeysUnavailable("the key set holds no usable RSA key".into()));
+            return Err(AuthError::KeysUnavailable(
+                "the key set holds no usable RSA key".into(),
+            ));
         }
         Ok(keys)
     }

@@ -50,10 +50,20 @@ pub async fn receive_activity(
     }
 }
 
-async fn handle(bot: &BotEndpoint, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(), Problem> {
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+async fn handle(
+    bot: &BotEndpoint,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(), Problem> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let token = bot.authenticator.verify(authorization).await.map_err(|e| {
-        if e.is_unavailable() { Problem::unavailable(e.to_string()) } else { Problem::unauthorized(e.to_string()) }
+        if e.is_unavailable() {
+            Problem::unavailable(e.to_string())
+        } else {
+            Problem::unauthorized(e.to_string())
+        }
     })?;
     let body = body.map_err(|e| Problem::new(e.status(), "Bad Request", e.body_text()))?;
     let activity = Activity::parse(&body).map_err(|e| Problem::bad_request(e.to_string()))?;
@@ -69,11 +79,10 @@ async fn handle(bot: &BotEndpoint, headers: &HeaderMap, body: Result<Bytes, Byte
 
     let now = OffsetDateTime::now_utc();
     let recorded = activity.record(now);
-    let install = bot
-        .conversations
-        .record(&recorded)
-        .await
-        .map_err(|e| Problem::unavailable(format!("the conversation could not be stored: {e}")))?;
+    let install =
+        bot.conversations.record(&recorded).await.map_err(|e| {
+            Problem::unavailable(format!("the conversation could not be stored: {e}"))
+        })?;
     tracing::info!(
         kind = %activity.kind,
         conversation_id = %recorded.reference.conversation_id,
@@ -82,11 +91,21 @@ async fn handle(bot: &BotEndpoint, headers: &HeaderMap, body: Result<Bytes, Byte
     );
     if recorded.effect == ActivityEffect::Install {
         let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-        match bot.greeter.greet(&recorded.reference, install, traceparent, now).await {
+        match bot
+            .greeter
+            .greet(&recorded.reference, install, traceparent, now)
+            .await
+        {
             Ok(()) => {}
             // Retrying cannot mend an install that names no user; say so and move on.
-            Err(GreetingError::NoUser) => tracing::warn!("install without a tenant or user id; no greeting"),
-            Err(e) => return Err(Problem::unavailable(format!("the greeting could not be queued: {e}"))),
+            Err(GreetingError::NoUser) => {
+                tracing::warn!("install without a tenant or user id; no greeting")
+            }
+            Err(e) => {
+                return Err(Problem::unavailable(format!(
+                    "the greeting could not be queued: {e}"
+                )));
+            }
         }
     }
     Ok(())

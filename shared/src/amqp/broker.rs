@@ -9,7 +9,9 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use lapin::{Channel, Connection, ConnectionProperties, options::ConfirmSelectOptions, uri::AMQPUri};
+use lapin::{
+    Channel, Connection, ConnectionProperties, options::ConfirmSelectOptions, uri::AMQPUri,
+};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -27,7 +29,9 @@ pub struct Link {
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Link").field("epoch", &self.epoch).finish_non_exhaustive()
+        f.debug_struct("Link")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
     }
 }
 
@@ -50,7 +54,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("ready", &self.is_ready()).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,7 +80,13 @@ impl Broker {
         let mut uri: AMQPUri = url.expose().parse().map_err(InvalidAmqpUrl)?;
         uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
         let (sender, state) = watch::channel(None);
-        tracker.spawn(supervise(uri, topology.clone(), name.to_owned(), sender, stop));
+        tracker.spawn(supervise(
+            uri,
+            topology.clone(),
+            name.to_owned(),
+            sender,
+            stop,
+        ));
         Ok(Self { topology, state })
     }
 
@@ -115,7 +127,11 @@ async fn supervise(
             Ok(Ok((connection, publish_channel))) => {
                 epoch += 1;
                 backoff = Duration::from_millis(100);
-                let link = Link { connection: Arc::new(connection), publish_channel, epoch };
+                let link = Link {
+                    connection: Arc::new(connection),
+                    publish_channel,
+                    epoch,
+                };
                 tracing::info!(epoch, "connected to RabbitMQ; topology declared");
                 state.send_replace(Some(link.clone()));
                 let stopped = wait_until_lost(&link, &stop).await;
@@ -139,12 +155,18 @@ async fn supervise(
     state.send_replace(None);
 }
 
-async fn connect(uri: &AMQPUri, topology: &Topology, name: &str) -> lapin::Result<(Connection, Channel)> {
+async fn connect(
+    uri: &AMQPUri,
+    topology: &Topology,
+    name: &str,
+) -> lapin::Result<(Connection, Channel)> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let connection = Connection::connect_uri(uri.clone(), properties).await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok((connection, channel))
 }
 

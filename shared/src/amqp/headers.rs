@@ -39,7 +39,10 @@ pub fn integer(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
 }
 
 pub fn set_text(headers: &mut FieldTable, key: &str, value: &str) {
-    headers.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+    headers.insert(
+        ShortString::from(key),
+        AMQPValue::LongString(LongString::from(value)),
+    );
 }
 
 pub fn set_integer(headers: &mut FieldTable, key: &str, value: i64) {

@@ -54,11 +54,20 @@ impl Publisher {
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         let link = self.broker.current().ok_or(PublishError::Unavailable)?;
-        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
         let confirm = async {
             let pending = link
                 .publish_channel
-                .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    body,
+                    properties,
+                )
                 .await?;
             Ok::<_, PublishError>(pending.await?)
         };
@@ -67,7 +76,10 @@ impl Publisher {
             Ok(Err(e)) => Err(e),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => {
-                Err(PublishError::Unroutable(format!("{} {}", returned.reply_code, returned.reply_text)))
+                Err(PublishError::Unroutable(format!(
+                    "{} {}",
+                    returned.reply_code, returned.reply_text
+                )))
             }
             Ok(Ok(Confirmation::Nack(None))) => Err(PublishError::Nacked),
             // The link's channel is always in confirm mode; this would be a bug in the link.
@@ -87,10 +99,17 @@ impl Publisher {
         let topology = self.broker.topology();
         let properties = job_properties(job_id, headers);
         if delay.as_secs() == 0 {
-            self.publish(&topology.jobs_exchange(), NOTIFICATION_ROUTING_KEY, body, properties).await
+            self.publish(
+                &topology.jobs_exchange(),
+                NOTIFICATION_ROUTING_KEY,
+                body,
+                properties,
+            )
+            .await
         } else {
             let key = delay_routing_key(delay, NOTIFICATION_ROUTING_KEY);
-            self.publish(&topology.delay_entry_exchange(), &key, body, properties).await
+            self.publish(&topology.delay_entry_exchange(), &key, body, properties)
+                .await
         }
     }
 
@@ -112,7 +131,13 @@ impl Publisher {
         if let Some(id) = message_id {
             properties = properties.with_message_id(id.into());
         }
-        self.publish(&self.broker.topology().dead_exchange(), "", body, properties).await
+        self.publish(
+            &self.broker.topology().dead_exchange(),
+            "",
+            body,
+            properties,
+        )
+        .await
     }
 }
 

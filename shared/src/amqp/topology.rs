@@ -91,12 +91,25 @@ impl Topology {
 
     /// Declares everything; idempotent, so every service does it at every (re)connection.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         channel
-            .exchange_declare(self.jobs_exchange().into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .exchange_declare(
+                self.jobs_exchange().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
         channel
-            .exchange_declare(self.dead_exchange().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+            .exchange_declare(
+                self.dead_exchange().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
         declare_quorum_queue(channel, &self.dead_queue(), &[]).await?;
         bind_queue(channel, &self.dead_queue(), &self.dead_exchange(), "").await?;
@@ -106,17 +119,36 @@ impl Topology {
             &self.dispatch_queue(),
             &[
                 ("x-dead-letter-exchange", long_string(&self.dead_exchange())),
-                ("x-delivery-limit", AMQPValue::LongLongInt(DISPATCH_DELIVERY_LIMIT)),
+                (
+                    "x-delivery-limit",
+                    AMQPValue::LongLongInt(DISPATCH_DELIVERY_LIMIT),
+                ),
             ],
         )
         .await?;
-        bind_queue(channel, &self.dispatch_queue(), &self.jobs_exchange(), &format!("#.{NOTIFICATION_ROUTING_KEY}"))
-            .await?;
+        bind_queue(
+            channel,
+            &self.dispatch_queue(),
+            &self.jobs_exchange(),
+            &format!("#.{NOTIFICATION_ROUTING_KEY}"),
+        )
+        .await?;
 
         for level in 0..DELAY_LEVELS {
             let exchange = self.delay_exchange(level);
-            let next = if level == 0 { self.jobs_exchange() } else { self.delay_exchange(level - 1) };
-            channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+            let next = if level == 0 {
+                self.jobs_exchange()
+            } else {
+                self.delay_exchange(level - 1)
+            };
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
             let ttl_ms = 1000i64 << level;
             declare_quorum_queue(
                 channel,
@@ -127,7 +159,13 @@ impl Topology {
                 ],
             )
             .await?;
-            bind_queue(channel, &self.delay_queue(level), &exchange, &level_pattern(level, '1')).await?;
+            bind_queue(
+                channel,
+                &self.delay_queue(level),
+                &exchange,
+                &level_pattern(level, '1'),
+            )
+            .await?;
             channel
                 .exchange_bind(
                     next.as_str().into(),
@@ -144,22 +182,43 @@ impl Topology {
 
 /// Every queue is a quorum queue; dead-lettering out of it is at-least-once, which RabbitMQ
 /// allows only with `reject-publish` overflow.
-async fn declare_quorum_queue(channel: &Channel, name: &str, extra: &[(&str, AMQPValue)]) -> lapin::Result<()> {
+async fn declare_quorum_queue(
+    channel: &Channel,
+    name: &str,
+    extra: &[(&str, AMQPValue)],
+) -> lapin::Result<()> {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), long_string("quorum"));
-    args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
     args.insert("x-overflow".into(), long_string("reject-publish"));
     for (key, value) in extra {
         args.insert(ShortString::from(*key), value.clone());
     }
-    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel.queue_declare(name.into(), options, args).await?;
     Ok(())
 }
 
-async fn bind_queue(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
+async fn bind_queue(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> lapin::Result<()> {
     channel
-        .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
 }
 
@@ -196,7 +255,10 @@ mod tests {
         let key = delay_routing_key(Duration::from_millis(5_900), "notification");
         let words: Vec<&str> = key.split('.').collect();
         assert_eq!(words.len(), DELAY_LEVELS as usize + 1);
-        assert_eq!(&words[DELAY_LEVELS as usize - 3..], ["1", "0", "1", "notification"]);
+        assert_eq!(
+            &words[DELAY_LEVELS as usize - 3..],
+            ["1", "0", "1", "notification"]
+        );
         assert!(words[..DELAY_LEVELS as usize - 3].iter().all(|w| *w == "0"));
         let longest = delay_routing_key(Duration::from_secs(u64::MAX / 2), "notification");
         assert!(longest.starts_with("1.1.1.") && longest.ends_with(".1.notification"));
@@ -205,6 +267,9 @@ mod tests {
     #[test]
     fn level_patterns_pick_their_own_word() {
         assert_eq!(level_pattern(DELAY_LEVELS - 1, '1'), "1.#");
-        assert_eq!(level_pattern(0, '0'), format!("{}0.#", "*.".repeat(DELAY_LEVELS as usize - 1)));
+        assert_eq!(
+            level_pattern(0, '0'),
+            format!("{}0.#", "*.".repeat(DELAY_LEVELS as usize - 1))
+        );
     }
 }

@@ -15,7 +15,11 @@ use crate::allowlist::ServiceUrlAllowlist;
 
 /// Conversation ids carry `:`, `@` and `;`; everything but unreserved characters is encoded
 /// (as teams.net does), which every Teams front end accepts.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// What Teams answered to a send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +42,18 @@ pub struct BotConnector {
 }
 
 impl BotConnector {
-    pub fn new(http: reqwest::Client, tokens: Arc<TokenSource>, allowlist: ServiceUrlAllowlist, timeout: Duration) -> Self {
-        Self { http, tokens, allowlist, timeout }
+    pub fn new(
+        http: reqwest::Client,
+        tokens: Arc<TokenSource>,
+        allowlist: ServiceUrlAllowlist,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            http,
+            tokens,
+            allowlist,
+            timeout,
+        }
     }
 
     pub fn tokens(&self) -> &TokenSource {
@@ -63,9 +77,20 @@ impl BotConnector {
             service_url.trim_end_matches('/'),
             utf8_percent_encode(conversation_id, PATH_SEGMENT)
         );
-        let body = self.call(reqwest::Method::POST, service_url, &url, Some(activity), traceparent).await?;
-        let parsed: ResourceResponse = serde_json::from_str(&body).unwrap_or(ResourceResponse { id: None });
-        Ok(SentActivity { id: parsed.id.filter(|id| !id.is_empty()) })
+        let body = self
+            .call(
+                reqwest::Method::POST,
+                service_url,
+                &url,
+                Some(activity),
+                traceparent,
+            )
+            .await?;
+        let parsed: ResourceResponse =
+            serde_json::from_str(&body).unwrap_or(ResourceResponse { id: None });
+        Ok(SentActivity {
+            id: parsed.id.filter(|id| !id.is_empty()),
+        })
     }
 
     /// Makes one authenticated call; the allowlist is checked before a token is even fetched.
@@ -81,11 +106,10 @@ impl BotConnector {
             return Err(ConnectorError::ServiceUrlNotAllowed(service_url.to_owned()));
         }
         let token = self.tokens.token().await?;
-        let mut request = self
-            .http
-            .request(method, url)
-            .timeout(self.timeout)
-            .header(header::AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
+        let mut request = self.http.request(method, url).timeout(self.timeout).header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", token.expose_secret()),
+        );
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -108,7 +132,12 @@ impl BotConnector {
             self.tokens.invalidate();
         }
         let (code, message) = parse_error_body(&text);
-        Err(ConnectorError::Teams { status: status.as_u16(), code, message, retry_after })
+        Err(ConnectorError::Teams {
+            status: status.as_u16(),
+            code,
+            message,
+            retry_after,
+        })
     }
 }
 
@@ -121,6 +150,9 @@ mod tests {
         let id = "19:abc@thread.tacv2;messageid=123";
         let encoded = utf8_percent_encode(id, PATH_SEGMENT).to_string();
         assert_eq!(encoded, "19%3Aabc%40thread.tacv2%3Bmessageid%3D123");
-        assert_eq!(utf8_percent_encode("a:1-x_y.z~", PATH_SEGMENT).to_string(), "a%3A1-x_y.z~");
+        assert_eq!(
+            utf8_percent_encode("a:1-x_y.z~", PATH_SEGMENT).to_string(),
+            "a%3A1-x_y.z~"
+        );
     }
 }

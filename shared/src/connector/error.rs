@@ -14,7 +14,12 @@ pub enum ConnectorError {
     #[error("calling Teams failed: {0}")]
     Transport(#[source] reqwest::Error),
     #[error("Teams answered {status}{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
-    Teams { status: u16, code: Option<String>, message: String, retry_after: Option<Duration> },
+    Teams {
+        status: u16,
+        code: Option<String>,
+        message: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 /// What the sender does about an error.
@@ -43,16 +48,25 @@ impl ConnectorError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ConnectorError::ServiceUrlNotAllowed(_) => ErrorClass::Permanent,
-            ConnectorError::Token(e) if e.is_transient() => ErrorClass::Transient { retry_after: None },
+            ConnectorError::Token(e) if e.is_transient() => {
+                ErrorClass::Transient { retry_after: None }
+            }
             ConnectorError::Token(_) => ErrorClass::Permanent,
             // Timeouts and connection failures: Teams may or may not have the message.
             ConnectorError::Transport(_) => ErrorClass::Transient { retry_after: None },
-            ConnectorError::Teams { status, code, retry_after, .. } => {
+            ConnectorError::Teams {
+                status,
+                code,
+                retry_after,
+                ..
+            } => {
                 let code = code.as_deref().unwrap_or_default();
                 match status {
                     403 if GONE_403_CODES.contains(&code) => ErrorClass::Gone,
                     404 if code == "ConversationNotFound" => ErrorClass::Gone,
-                    412 | 429 | 502 | 503 | 504 | 408 => ErrorClass::Transient { retry_after: *retry_after },
+                    412 | 429 | 502 | 503 | 504 | 408 => ErrorClass::Transient {
+                        retry_after: *retry_after,
+                    },
                     // Microsoft says a 500 ServiceError is not to be retried.
                     _ => ErrorClass::Permanent,
                 }
@@ -73,14 +87,30 @@ pub(crate) fn parse_error_body(body: &str) -> (Option<String>, String) {
         return (None, super::token::truncate(body, 300));
     };
     if let Some(error) = json.get("error") {
-        let code = error.get("code").and_then(|c| c.as_str()).map(str::to_owned);
-        let message = error.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_owned();
+        let code = error
+            .get("code")
+            .and_then(|c| c.as_str())
+            .map(str::to_owned);
+        let message = error
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_owned();
         return (code, message);
     }
-    let message = json.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_owned();
+    let message = json
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_owned();
     let sub_code = serde_json::from_str::<serde_json::Value>(&message)
         .ok()
-        .and_then(|inner| inner.get("subCode").and_then(|c| c.as_str()).map(str::to_owned));
+        .and_then(|inner| {
+            inner
+                .get("subCode")
+                .and_then(|c| c.as_str())
+                .map(str::to_owned)
+        });
     let code = sub_code.or_else(|| json.get("errorCode").map(|c| c.to_string()));
     (code, message)
 }
@@ -92,7 +122,10 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -100,30 +133,57 @@ mod tests {
     use super::*;
 
     fn teams(status: u16, code: &str) -> ConnectorError {
-        ConnectorError::Teams { status, code: Some(code.into()), message: String::new(), retry_after: None }
+        ConnectorError::Teams {
+            status,
+            code: Some(code.into()),
+            message: String::new(),
+            retry_after: None,
+        }
     }
 
     #[test]
     fn classes_follow_the_teams_table() {
         assert_eq!(teams(400, "BadArgument").class(), ErrorClass::Permanent);
-        assert_eq!(teams(401, "BotNotRegistered").class(), ErrorClass::Permanent);
-        assert_eq!(teams(403, "BotNotInConversationRoster").class(), ErrorClass::Gone);
+        assert_eq!(
+            teams(401, "BotNotRegistered").class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            teams(403, "BotNotInConversationRoster").class(),
+            ErrorClass::Gone
+        );
         assert_eq!(teams(403, "MessageWritesBlocked").class(), ErrorClass::Gone);
         assert_eq!(teams(404, "ConversationNotFound").class(), ErrorClass::Gone);
-        assert_eq!(teams(404, "ActivityNotFoundInConversation").class(), ErrorClass::Permanent);
-        assert_eq!(teams(413, "MessageSizeTooBig").class(), ErrorClass::Permanent);
+        assert_eq!(
+            teams(404, "ActivityNotFoundInConversation").class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            teams(413, "MessageSizeTooBig").class(),
+            ErrorClass::Permanent
+        );
         assert_eq!(teams(500, "ServiceError").class(), ErrorClass::Permanent);
         for status in [412, 429, 502, 503, 504] {
-            assert!(matches!(teams(status, "x").class(), ErrorClass::Transient { .. }), "{status}");
+            assert!(
+                matches!(teams(status, "x").class(), ErrorClass::Transient { .. }),
+                "{status}"
+            );
         }
     }
 
     #[test]
     fn error_bodies_of_both_shapes_are_read() {
-        let (code, message) = parse_error_body(r#"{"error":{"code":"ConversationNotFound","message":"gone"}}"#);
-        assert_eq!((code.as_deref(), message.as_str()), (Some("ConversationNotFound"), "gone"));
+        let (code, message) =
+            parse_error_body(r#"{"error":{"code":"ConversationNotFound","message":"gone"}}"#);
+        assert_eq!(
+            (code.as_deref(), message.as_str()),
+            (Some("ConversationNotFound"), "gone")
+        );
         let blocked = r#"{"errorCode":209,"message":"{\"message\":\"Message writes blocked\",\"subCode\":\"MessageWritesBlocked\"}"}"#;
-        assert_eq!(parse_error_body(blocked).0.as_deref(), Some("MessageWritesBlocked"));
+        assert_eq!(
+            parse_error_body(blocked).0.as_deref(),
+            Some("MessageWritesBlocked")
+        );
     }
 
     #[test]

@@ -63,7 +63,9 @@ pub struct TokenSource {
 
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSource").field("token_url", &self.token_url.as_str()).finish_non_exhaustive()
+        f.debug_struct("TokenSource")
+            .field("token_url", &self.token_url.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,12 +119,18 @@ impl TokenSource {
 
     fn fresh(&self, now: Instant) -> Option<SecretString> {
         let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
-        cached.as_ref().filter(|t| now < t.refresh_at).map(|t| t.value.clone())
+        cached
+            .as_ref()
+            .filter(|t| now < t.refresh_at)
+            .map(|t| t.value.clone())
     }
 
     fn unexpired(&self, now: Instant) -> Option<SecretString> {
         let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
-        cached.as_ref().filter(|t| now < t.expires_at).map(|t| t.value.clone())
+        cached
+            .as_ref()
+            .filter(|t| now < t.expires_at)
+            .map(|t| t.value.clone())
     }
 
     async fn fetch(&self) -> Result<SecretString, TokenError> {
@@ -144,12 +152,19 @@ impl TokenSource {
         let status = response.status();
         let body = response.text().await.map_err(TokenError::Unreachable)?;
         if !status.is_success() {
-            return Err(TokenError::Refused { status: status.as_u16(), body: truncate(&body, 500) });
+            return Err(TokenError::Refused {
+                status: status.as_u16(),
+                body: truncate(&body, 500),
+            });
         }
         let parsed: TokenResponse =
             serde_json::from_str(&body).map_err(|e| TokenError::Malformed(e.to_string()))?;
         let lifetime = Duration::from_secs(parsed.expires_in);
-        let refresh_after = if lifetime > REFRESH_MARGIN * 2 { lifetime - REFRESH_MARGIN } else { lifetime.mul_f32(0.8) };
+        let refresh_after = if lifetime > REFRESH_MARGIN * 2 {
+            lifetime - REFRESH_MARGIN
+        } else {
+            lifetime.mul_f32(0.8)
+        };
         let value = SecretString::from(parsed.access_token);
         *self.cached.write().unwrap_or_else(|e| e.into_inner()) = Some(CachedToken {
             value: value.clone(),

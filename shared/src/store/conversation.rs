@@ -61,15 +61,26 @@ impl ConversationRef {
             ("teamId", &self.team_id),
             ("channelId", &self.channel_id),
         ];
-        fields.extend(optional.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k, v))));
+        fields.extend(
+            optional
+                .into_iter()
+                .filter_map(|(k, v)| v.clone().map(|v| (k, v))),
+        );
         fields
     }
 
     fn from_hash(key: &str, mut h: HashMap<String, String>) -> Result<Self, StoreError> {
-        let malformed = |reason: &str| StoreError::Malformed { key: key.to_owned(), reason: reason.to_owned() };
+        let malformed = |reason: &str| StoreError::Malformed {
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        };
         Ok(Self {
-            conversation_id: h.remove("conversationId").ok_or_else(|| malformed("no conversationId"))?,
-            service_url: h.remove("serviceUrl").ok_or_else(|| malformed("no serviceUrl"))?,
+            conversation_id: h
+                .remove("conversationId")
+                .ok_or_else(|| malformed("no conversationId"))?,
+            service_url: h
+                .remove("serviceUrl")
+                .ok_or_else(|| malformed("no serviceUrl"))?,
             last_seen: h
                 .get("lastSeen")
                 .and_then(|s| parse_rfc3339(s))
@@ -82,7 +93,10 @@ impl ConversationRef {
             team_id: h.remove("teamId"),
             channel_id: h.remove("channelId"),
             removed_reason: match h.get("state").map(String::as_str) {
-                Some("removed") => Some(h.remove("removedReason").unwrap_or_else(|| "removed".into())),
+                Some("removed") => Some(
+                    h.remove("removedReason")
+                        .unwrap_or_else(|| "removed".into()),
+                ),
                 _ => None,
             },
         })
@@ -188,8 +202,12 @@ impl ConversationStore {
                 .arg(rfc3339(reference.last_seen))
                 .ignore();
         }
-        let ((generation, new_install),): ((u64, u8),) = pipe.query_async(&mut self.redis.conn()).await?;
-        Ok(InstallState { generation, new_install: new_install == 1 })
+        let ((generation, new_install),): ((u64, u8),) =
+            pipe.query_async(&mut self.redis.conn()).await?;
+        Ok(InstallState {
+            generation,
+            new_install: new_install == 1,
+        })
     }
 
     pub async fn get(&self, conversation_id: &str) -> Result<Option<ConversationRef>, StoreError> {
@@ -207,7 +225,11 @@ impl ConversationStore {
         tenant_id: &str,
         aad_object_id: &str,
     ) -> Result<Option<ConversationRef>, StoreError> {
-        let id: Option<String> = self.redis.conn().get(self.user_key(tenant_id, aad_object_id)).await?;
+        let id: Option<String> = self
+            .redis
+            .conn()
+            .get(self.user_key(tenant_id, aad_object_id))
+            .await?;
         match id {
             Some(id) => self.get(&id).await,
             None => Ok(None),
@@ -216,11 +238,19 @@ impl ConversationStore {
 
     /// The serviceUrl of the tenant's most recent activity.
     pub async fn tenant_service_url(&self, tenant_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.redis.conn().hget(self.redis.key("tenant", tenant_id), "serviceUrl").await?)
+        Ok(self
+            .redis
+            .conn()
+            .hget(self.redis.key("tenant", tenant_id), "serviceUrl")
+            .await?)
     }
 
     /// Marks a reference removed (Teams said the conversation is gone); true if it existed.
-    pub async fn mark_removed(&self, conversation_id: &str, reason: &str) -> Result<bool, StoreError> {
+    pub async fn mark_removed(
+        &self,
+        conversation_id: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
         let done: u8 = redis::cmd("EVAL")
             .arg(MARK_REMOVED)
             .arg(1)
@@ -233,6 +263,9 @@ impl ConversationStore {
 
     fn user_key(&self, tenant_id: &str, aad_object_id: &str) -> String {
         // Entra object ids are GUIDs; Teams may send them in either case.
-        self.redis.key("user", &format!("{tenant_id}:{}", aad_object_id.to_ascii_lowercase()))
+        self.redis.key(
+            "user",
+            &format!("{tenant_id}:{}", aad_object_id.to_ascii_lowercase()),
+        )
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use self::{
-    conversation::{ActivityEffect, ConversationRef, ConversationStore, InstallState, RecordedActivity},
+    conversation::{
+        ActivityEffect, ConversationRef, ConversationStore, InstallState, RecordedActivity,
+    },
     status::{BeginSend, JobStatus, Outcome, StatusRecord, StatusStore},
 };
 use crate::config::{Namespace, SecretUrl};
@@ -38,7 +40,9 @@ pub struct Redis {
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis").field("namespace", &self.namespace).finish_non_exhaustive()
+        f.debug_struct("Redis")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,7 +55,10 @@ impl Redis {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { connection, namespace })
+        Ok(Self {
+            connection,
+            namespace,
+        })
     }
 
     pub fn namespace(&self) -> &Namespace {
@@ -72,7 +79,10 @@ impl Redis {
         let mut conn = self.conn();
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
-        matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), ping).await,
+            Ok(Ok(_))
+        )
     }
 }
 
@@ -82,7 +92,8 @@ pub(crate) fn unix_ms(t: time::OffsetDateTime) -> i64 {
 }
 
 pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 pub(crate) fn parse_rfc3339(s: &str) -> Option<time::OffsetDateTime> {

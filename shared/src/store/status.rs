@@ -31,7 +31,10 @@ pub enum JobStatus {
 
 impl JobStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Delivered | Self::Failed | Self::Cancelled | Self::Expired)
+        matches!(
+            self,
+            Self::Delivered | Self::Failed | Self::Cancelled | Self::Expired
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -95,11 +98,20 @@ pub struct StatusRecord {
 
 impl StatusRecord {
     /// A fresh record for a job first seen now.
-    pub fn new(id: &str, to: serde_json::Value, deliver_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Self {
+    pub fn new(
+        id: &str,
+        to: serde_json::Value,
+        deliver_at: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Self {
         let due_later = deliver_at.is_some_and(|at| at > now);
         Self {
             id: id.to_owned(),
-            status: if due_later { JobStatus::Scheduled } else { JobStatus::Queued },
+            status: if due_later {
+                JobStatus::Scheduled
+            } else {
+                JobStatus::Queued
+            },
             attempts: 0,
             to,
             conversation_id: None,
@@ -129,14 +141,26 @@ impl StatusRecord {
     }
 
     fn from_hash(key: &str, mut h: HashMap<String, String>) -> Result<Self, StoreError> {
-        let malformed = |reason: String| StoreError::Malformed { key: key.to_owned(), reason };
+        let malformed = |reason: String| StoreError::Malformed {
+            key: key.to_owned(),
+            reason,
+        };
         let time_field = |h: &HashMap<String, String>, name: &str| {
-            h.get(name).and_then(|s| parse_rfc3339(s)).ok_or_else(|| malformed(format!("bad {name}")))
+            h.get(name)
+                .and_then(|s| parse_rfc3339(s))
+                .ok_or_else(|| malformed(format!("bad {name}")))
         };
         Ok(Self {
-            status: h.get("status").ok_or_else(|| malformed("no status".into()))?.parse().map_err(malformed)?,
+            status: h
+                .get("status")
+                .ok_or_else(|| malformed("no status".into()))?
+                .parse()
+                .map_err(malformed)?,
             attempts: h.get("attempts").and_then(|a| a.parse().ok()).unwrap_or(0),
-            to: h.get("to").and_then(|t| serde_json::from_str(t).ok()).unwrap_or(serde_json::Value::Null),
+            to: h
+                .get("to")
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or(serde_json::Value::Null),
             deliver_at: h.get("deliverAt").and_then(|s| parse_rfc3339(s)),
             created_at: time_field(&h, "createdAt")?,
             updated_at: time_field(&h, "updatedAt")?,
@@ -154,7 +178,10 @@ impl StatusRecord {
 pub enum BeginSend {
     /// This dispatcher holds the lease now. `took_over` means an earlier holder's lease had
     /// lapsed mid-send (it crashed): the message may already have reached Teams once.
-    Claimed { took_over: bool, record: StatusRecord },
+    Claimed {
+        took_over: bool,
+        record: StatusRecord,
+    },
     /// Another copy of this job holds a live lease; look again after this long.
     Busy { retry_in: Duration },
     /// The job has already ended; nothing to do.
@@ -164,10 +191,19 @@ pub enum BeginSend {
 /// How one handling of a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered { conversation_id: String, activity_id: Option<String> },
-    Failed { reason: String, conversation_id: Option<String> },
+    Delivered {
+        conversation_id: String,
+        activity_id: Option<String>,
+    },
+    Failed {
+        reason: String,
+        conversation_id: Option<String>,
+    },
     /// A transient failure; the job is due again at `next_attempt_at`.
-    Retrying { reason: String, next_attempt_at: OffsetDateTime },
+    Retrying {
+        reason: String,
+        next_attempt_at: OffsetDateTime,
+    },
     Expired,
 }
 
@@ -243,10 +279,16 @@ impl StatusStore {
     }
 
     /// Creates the record; if one exists already, returns it instead (`Err(existing)`).
-    pub async fn create(&self, record: &StatusRecord) -> Result<Result<(), StatusRecord>, StoreError> {
+    pub async fn create(
+        &self,
+        record: &StatusRecord,
+    ) -> Result<Result<(), StatusRecord>, StoreError> {
         let key = self.key(&record.id);
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(CREATE).arg(1).arg(&key).arg(self.ttl.as_millis() as u64);
+        cmd.arg(CREATE)
+            .arg(1)
+            .arg(&key)
+            .arg(self.ttl.as_millis() as u64);
         for (field, value) in record.fields() {
             cmd.arg(field).arg(value);
         }
@@ -300,19 +342,34 @@ impl StatusStore {
             cmd.arg(field).arg(value);
         }
         let reply: redis::Value = cmd.query_async(&mut self.redis.conn()).await?;
-        let malformed = |reason: &str| StoreError::Malformed { key: key.clone(), reason: reason.to_owned() };
-        let redis::Value::Array(parts) = reply else {
-            return Err(malformed("begin_send answered something other than an array"));
+        let malformed = |reason: &str| StoreError::Malformed {
+            key: key.clone(),
+            reason: reason.to_owned(),
         };
-        let word = |i: usize| -> Option<String> { parts.get(i).and_then(|v| redis::from_redis_value(v.clone()).ok()) };
+        let redis::Value::Array(parts) = reply else {
+            return Err(malformed(
+                "begin_send answered something other than an array",
+            ));
+        };
+        let word = |i: usize| -> Option<String> {
+            parts
+                .get(i)
+                .and_then(|v| redis::from_redis_value(v.clone()).ok())
+        };
         match word(0).as_deref() {
             Some("finished") => {
                 let status = word(1).ok_or_else(|| malformed("no status"))?;
-                Ok(BeginSend::Finished(status.parse().map_err(|e: String| malformed(&e))?))
+                Ok(BeginSend::Finished(
+                    status.parse().map_err(|e: String| malformed(&e))?,
+                ))
             }
             Some("busy") => {
-                let ms: u64 = word(1).and_then(|m| m.parse().ok()).ok_or_else(|| malformed("no lease time"))?;
-                Ok(BeginSend::Busy { retry_in: Duration::from_millis(ms) })
+                let ms: u64 = word(1)
+                    .and_then(|m| m.parse().ok())
+                    .ok_or_else(|| malformed("no lease time"))?;
+                Ok(BeginSend::Busy {
+                    retry_in: Duration::from_millis(ms),
+                })
             }
             Some("claimed") => {
                 let took_over = word(1).as_deref() == Some("1");
@@ -320,7 +377,10 @@ impl StatusStore {
                     .get(2)
                     .and_then(|v| redis::from_redis_value(v.clone()).ok())
                     .ok_or_else(|| malformed("no record"))?;
-                Ok(BeginSend::Claimed { took_over, record: StatusRecord::from_hash(&key, hash)? })
+                Ok(BeginSend::Claimed {
+                    took_over,
+                    record: StatusRecord::from_hash(&key, hash)?,
+                })
             }
             _ => Err(malformed("unknown begin_send answer")),
         }
@@ -336,7 +396,10 @@ impl StatusStore {
         now: OffsetDateTime,
     ) -> Result<JobStatus, StoreError> {
         let (status, fields): (JobStatus, Vec<(&str, String)>) = match outcome {
-            Outcome::Delivered { conversation_id, activity_id } => (
+            Outcome::Delivered {
+                conversation_id,
+                activity_id,
+            } => (
                 JobStatus::Delivered,
                 vec![
                     ("conversationId", conversation_id.clone()),
@@ -344,13 +407,28 @@ impl StatusStore {
                     ("lastError", String::new()),
                 ],
             ),
-            Outcome::Failed { reason, conversation_id } => (
+            Outcome::Failed {
+                reason,
+                conversation_id,
+            } => (
                 JobStatus::Failed,
-                vec![("lastError", reason.clone()), ("conversationId", conversation_id.clone().unwrap_or_default())],
+                vec![
+                    ("lastError", reason.clone()),
+                    (
+                        "conversationId",
+                        conversation_id.clone().unwrap_or_default(),
+                    ),
+                ],
             ),
-            Outcome::Retrying { reason, next_attempt_at } => (
+            Outcome::Retrying {
+                reason,
+                next_attempt_at,
+            } => (
                 JobStatus::Scheduled,
-                vec![("lastError", reason.clone()), ("nextAttemptAt", rfc3339(*next_attempt_at))],
+                vec![
+                    ("lastError", reason.clone()),
+                    ("nextAttemptAt", rfc3339(*next_attempt_at)),
+                ],
             ),
             Outcome::Expired => (JobStatus::Expired, vec![]),
         };
@@ -368,6 +446,9 @@ impl StatusStore {
             cmd.arg(field).arg(value);
         }
         let stored: String = cmd.query_async(&mut self.redis.conn()).await?;
-        stored.parse().map_err(|reason| StoreError::Malformed { key: self.key(id), reason })
+        stored.parse().map_err(|reason| StoreError::Malformed {
+            key: self.key(id),
+            reason,
+        })
     }
 }

@@ -1,0 +1,288 @@
+//! The emulator's own JSON API under `/_emulator`: inspection, settings, faults, acting as
+//! Teams, and a Server-Sent Events stream. The web page uses it, and so can scripts and
+//! tests in other languages.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::directory::{TeamsTeam, TeamsUser};
+use crate::faults::Fault;
+use crate::keys::TokenVariant;
+use crate::recorder::lock;
+use crate::state::Shared;
+use crate::teams;
+
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/_emulator/info", get(info))
+        .route("/_emulator/conversations", get(conversations))
+        .route("/_emulator/conversations/{id}/activities", get(activities))
+        .route("/_emulator/requests", get(requests))
+        .route("/_emulator/stats", get(stats))
+        .route(
+            "/_emulator/faults",
+            get(faults).post(add_faults).delete(clear_faults),
+        )
+        .route("/_emulator/settings", get(settings).post(change_settings))
+        .route("/_emulator/teams/install", post(install))
+        .route("/_emulator/teams/uninstall", post(uninstall))
+        .route("/_emulator/teams/message", post(message))
+        .route("/_emulator/teams/team/install", post(install_team))
+        .route("/_emulator/teams/team/uninstall", post(uninstall_team))
+        .route("/_emulator/events", get(events))
+}
+
+async fn info(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let base = &shared.base_url;
+    Json(json!({
+        "appId": shared.app_id,
+        "baseUrl": base,
+        "tokenUrl": format!("{base}/botframework.com/oauth2/v2.0/token"),
+        "openIdMetadataUrl": format!("{base}/v1/.well-known/openidconfiguration"),
+        "serviceUrlTemplate": format!("{base}/amer/{{tenantId}}/"),
+        "defaultServiceUrl": format!("{base}/teams/"),
+        "issuer": shared.issuer,
+        "settings": shared.settings(),
+    }))
+}
+
+async fn conversations(State(shared): State<Arc<Shared>>) -> Response {
+    Json(lock(&shared.directory).summaries()).into_response()
+}
+
+async fn activities(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    Json(lock(&shared.directory).activities(&id)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn requests(State(shared): State<Arc<Shared>>, Query(limit): Query<Limit>) -> Response {
+    match limit.limit {
+        Some(limit) => Json(shared.recorder.last(limit)).into_response(),
+        None => Json(shared.recorder.all()).into_response(),
+    }
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.recorder.counters.snapshot()).into_response()
+}
+
+async fn faults(State(shared): State<Arc<Shared>>) -> Response {
+    Json(lock(&shared.faults).pending()).into_response()
+}
+
+/// One fault or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FaultsBody {
+    One(Fault),
+    Many(Vec<Fault>),
+}
+
+async fn add_faults(State(shared): State<Arc<Shared>>, Json(body): Json<FaultsBody>) -> Response {
+    let added = match body {
+        FaultsBody::One(fault) => vec![fault],
+        FaultsBody::Many(faults) => faults,
+    };
+    let mut faults = lock(&shared.faults);
+    let count = added.len();
+    for fault in added {
+        faults.push(fault);
+    }
+    (
+        StatusCode::CREATED,
+        Json(json!({ "added": count, "pending": faults.pending().len() })),
+    )
+        .into_response()
+}
+
+async fn clear_faults(State(shared): State<Arc<Shared>>) -> StatusCode {
+    lock(&shared.faults).clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn settings(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.settings()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SettingsChange {
+    rate_limits: Option<bool>,
+    latency_ms: Option<u64>,
+    bot_endpoint: Option<String>,
+}
+
+async fn change_settings(
+    State(shared): State<Arc<Shared>>,
+    Json(change): Json<SettingsChange>,
+) -> Response {
+    let mut settings = lock(&shared.settings);
+    if let Some(on) = change.rate_limits {
+        settings.rate_limits = on;
+    }
+    if let Some(ms) = change.latency_ms {
+        settings.latency = Duration::from_millis(ms);
+    }
+    if let Some(endpoint) = change.bot_endpoint {
+        settings.bot_endpoint = Some(endpoint);
+    }
+    Json(settings.clone()).into_response()
+}
+
+/// A user acting in Teams, as the page and scripts describe them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserAct {
+    tenant_id: String,
+    aad_object_id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+impl UserAct {
+    fn user(&self) -> TeamsUser {
+        TeamsUser::new(&self.tenant_id, &self.aad_object_id, &self.name)
+    }
+}
+
+/// The bot could not be reached: a gateway failure from the page's point of view.
+fn unreachable(err: &anyhow::Error) -> Response {
+    (
+        StatusCode::BAD_GATEWAY,
+        Json(json!({ "error": format!("{err:#}") })),
+    )
+        .into_response()
+}
+
+async fn install(State(shared): State<Arc<Shared>>, Json(act): Json<UserAct>) -> Response {
+    match teams::install(&shared, &act.user()).await {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(err) => unreachable(&err),
+    }
+}
+
+async fn uninstall(State(shared): State<Arc<Shared>>, Json(act): Json<UserAct>) -> Response {
+    let user = act.user();
+    let activity = teams::uninstall_activity(&shared, &user);
+    respond_with_status(&shared, &user, activity).await
+}
+
+async fn message(State(shared): State<Arc<Shared>>, Json(act): Json<UserAct>) -> Response {
+    let user = act.user();
+    let Some(text) = act.text.as_deref().filter(|text| !text.is_empty()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "text is required" })),
+        )
+            .into_response();
+    };
+    let activity = teams::message_activity(&shared, &user, text);
+    respond_with_status(&shared, &user, activity).await
+}
+
+async fn respond_with_status(shared: &Shared, user: &TeamsUser, activity: Value) -> Response {
+    match teams::post_activity(shared, &activity, TokenVariant::Valid).await {
+        Ok((status, body)) => Json(json!({
+            "conversationId": lock(&shared.directory).personal_conversation_id(user),
+            "activityId": activity.get("id"),
+            "status": status,
+            "body": body,
+        }))
+        .into_response(),
+        Err(err) => unreachable(&err),
+    }
+}
+
+/// A team and the user acting in it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TeamAct {
+    tenant_id: String,
+    aad_group_id: String,
+    #[serde(default)]
+    team_name: String,
+    aad_object_id: String,
+    #[serde(default)]
+    name: String,
+}
+
+impl TeamAct {
+    fn team(&self) -> TeamsTeam {
+        TeamsTeam::new(&self.tenant_id, &self.aad_group_id, &self.team_name)
+    }
+
+    fn user(&self) -> TeamsUser {
+        TeamsUser::new(&self.tenant_id, &self.aad_object_id, &self.name)
+    }
+}
+
+async fn install_team(State(shared): State<Arc<Shared>>, Json(act): Json<TeamAct>) -> Response {
+    match teams::install_team(&shared, &act.team(), &act.user()).await {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(err) => unreachable(&err),
+    }
+}
+
+async fn uninstall_team(State(shared): State<Arc<Shared>>, Json(act): Json<TeamAct>) -> Response {
+    let team = act.team();
+    match teams::uninstall_team(&shared, &team, &act.user()).await {
+        Ok(status) => Json(json!({
+            "conversationId": crate::directory::team_id(&team.tenant_id, &team.aad_group_id),
+            "status": status,
+        }))
+        .into_response(),
+        Err(err) => unreachable(&err),
+    }
+}
+
+/// Server-Sent Events: `activity` when the bot sends, updates or deletes, `toBot` when
+/// "Teams" posts to the bot. The stream ends when the emulator stops, so that a page left
+/// open does not hold the shutdown.
+async fn events(
+    State(shared): State<Arc<Shared>>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let receiver = shared.events.subscribe();
+    let stopping = shared.stopping.clone();
+    let stream = futures_util::stream::unfold(
+        (receiver, stopping),
+        |(mut receiver, stopping)| async move {
+            loop {
+                let next = tokio::select! {
+                    () = stopping.cancelled() => return None,
+                    next = receiver.recv() => next,
+                };
+                match next {
+                    Ok(event) => {
+                        let Ok(sse) = SseEvent::default().event(event.name()).json_data(&event)
+                        else {
+                            continue;
+                        };
+                        return Some((Ok(sse), (receiver, stopping)));
+                    }
+                    // A slow page misses some events; it reloads the conversation on the next.
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,167 @@
+//! What "Teams" sends looks like what Teams sends: every field of the captured payloads in
+//! `fixtures/` is present in the generated activity, with values of the same kind.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{config, start};
+use herald_emulator::{TeamsTeam, TeamsUser};
+use serde_json::Value;
+
+/// Every key path in `value` (`a.b`, with `[]` for array elements), paired with the JSON
+/// kind found there.
+fn shape(value: &Value, prefix: &str, out: &mut BTreeSet<(String, &'static str)>) {
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    if !prefix.is_empty() {
+        out.insert((prefix.to_owned(), kind));
+    }
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                shape(child, &path, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                shape(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Fails listing whatever the fixture has that `generated` lacks, except `allowed` paths.
+fn assert_covers(name: &str, generated: &Value, allowed: &[&str]) {
+    let mut real = BTreeSet::new();
+    shape(&fixture(name), "", &mut real);
+    let mut ours = BTreeSet::new();
+    shape(generated, "", &mut ours);
+    let missing: Vec<_> = real
+        .iter()
+        .filter(|(path, _)| !allowed.contains(&path.as_str()))
+        // Sentry's capture has `isGroup` as a string, a quirk of their fixture.
+        .filter(|(path, kind)| !(path == "conversation.isGroup" && *kind == "string"))
+        .filter(|entry| !ours.contains(*entry))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{name}: generated activity lacks {missing:?}\n{generated:#}"
+    );
+}
+
+#[tokio::test]
+async fn personal_activities_have_the_fields_of_captured_ones() {
+    let emulator = start(config()).await;
+    let user = TeamsUser::random();
+
+    let added = emulator.bot_added_activity(&user);
+    // The docs' sample lists the user among the members added too; captured ones do not.
+    assert_covers(
+        "msdocs_conversationUpdate_membersAdded_bot_personal.json",
+        &added,
+        &["membersAdded[].aadObjectId"],
+    );
+    assert_covers(
+        "sentry_conversationUpdate_membersAdded_bot_personal.json",
+        &added,
+        &[],
+    );
+    assert_eq!(added["membersAdded"][0]["id"], added["recipient"]["id"]);
+
+    let message = emulator.message_activity(&user, "hello");
+    assert_covers("msdocs_message_personal.json", &message, &[]);
+    assert_eq!(message["attachments"][0]["contentType"], "text/html");
+    assert!(
+        message["id"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+    );
+
+    let install = emulator.install_activity(&user);
+    assert_eq!(install["type"], "installationUpdate");
+    assert_eq!(install["action"], "add");
+    assert_eq!(emulator.uninstall_activity(&user)["action"], "remove");
+    assert_ne!(install["id"], added["id"]);
+
+    for activity in [&added, &message, &install] {
+        assert_eq!(activity["channelId"], "msteams");
+        assert_eq!(activity["conversation"]["conversationType"], "personal");
+        assert_eq!(
+            activity["conversation"]["tenantId"],
+            user.tenant_id.as_str()
+        );
+        assert_eq!(
+            activity["channelData"]["tenant"]["id"],
+            user.tenant_id.as_str()
+        );
+        assert_eq!(activity["from"]["aadObjectId"], user.aad_object_id.as_str());
+        assert!(activity["from"]["id"].as_str().unwrap().starts_with("29:"));
+        assert_eq!(
+            activity["recipient"]["id"],
+            format!("28:{}", common::APP_ID)
+        );
+        assert!(
+            activity["conversation"]["id"]
+                .as_str()
+                .unwrap()
+                .starts_with("a:")
+        );
+        assert_eq!(
+            activity["serviceUrl"],
+            format!("{}/amer/{}/", emulator.base_url(), user.tenant_id)
+        );
+        let timestamp = activity["timestamp"].as_str().unwrap();
+        time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn team_activities_have_the_fields_of_captured_ones() {
+    let emulator = start(config()).await;
+    let installer = TeamsUser::random();
+    let team = TeamsTeam::random_in(&installer.tenant_id);
+
+    let install = emulator.team_install_activity(&team, &installer);
+    assert_covers("sentry_installationUpdate_add_team.json", &install, &[]);
+    assert_covers("msdocs_installationUpdate_add_channel.json", &install, &[]);
+
+    let added = emulator.team_bot_added_activity(&team, &installer);
+    assert_covers(
+        "msdocs_conversationUpdate_membersAdded_bot_team.json",
+        &added,
+        &[],
+    );
+    assert_covers(
+        "sentry_conversationUpdate_membersAdded_bot_team.json",
+        &added,
+        &[],
+    );
+    let team_id = emulator.team_conversation_id(&team);
+    assert!(team_id.starts_with("19:") && team_id.ends_with("@thread.tacv2"));
+    assert_eq!(added["channelData"]["team"]["id"], team_id.as_str());
+    assert_eq!(
+        added["channelData"]["team"]["aadGroupId"],
+        team.aad_group_id.as_str()
+    );
+}

@@ -1,0 +1,317 @@
+//! Teams pushing back: rate limits with `Retry-After`, injected faults, slow answers, and
+//! the knobs to turn them over HTTP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{bot_token, config, send_text, start_with_bot};
+use herald_emulator::{EmulatorConfig, Fault, MESSAGE_WRITES_BLOCKED_BODY, Operation, TeamsUser};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn the_eighth_send_in_a_second_is_throttled() {
+    let (emulator, _bot) = start_with_bot(config()).await;
+    let user = TeamsUser::random();
+    let conversation = emulator.install(&user).await.unwrap().conversation_id;
+    let token = bot_token(&emulator).await;
+    let service_url = emulator.service_url(&user.tenant_id);
+
+    let started = Instant::now();
+    for i in 0..7 {
+        let answer = send_text(&service_url, &conversation, &token, &format!("m{i}")).await;
+        assert_eq!(answer.status, 201, "send {i}");
+    }
+    let answer = send_text(&service_url, &conversation, &token, "m7").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "test too slow to say"
+    );
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.code(), Some("Throttled"));
+    assert_eq!(answer.headers["retry-after"], "1");
+    assert_eq!(emulator.throttled_count(), 1);
+    assert_eq!(emulator.activities(&conversation).len(), 7);
+
+    // Another user's conversation is not affected.
+    let other = TeamsUser::new(&user.tenant_id, uuid::Uuid::new_v4().to_string(), "Other");
+    let other_conversation = emulator.install(&other).await.unwrap().conversation_id;
+    assert_eq!(
+        send_text(&service_url, &other_conversation, &token, "hi")
+            .await
+            .status,
+        201
+    );
+
+    // Turned off, the limits no longer apply.
+    emulator.set_rate_limits(false);
+    assert_eq!(
+        send_text(&service_url, &conversation, &token, "m8")
+            .await
+            .status,
+        201
+    );
+}
+
+#[tokio::test]
+async fn faults_apply_as_many_times_as_asked_then_go_away() {
+    let (emulator, _bot) = start_with_bot(EmulatorConfig {
+        rate_limits: false,
+        ..config()
+    })
+    .await;
+    let user = TeamsUser::random();
+    let conversation = emulator.install(&user).await.unwrap().conversation_id;
+    let token = bot_token(&emulator).await;
+    let service_url = emulator.service_url(&user.tenant_id);
+
+    emulator.inject_fault(Fault::throttled("7").conversation(&conversation).times(2));
+    for _ in 0..2 {
+        let answer = send_text(&service_url, &conversation, &token, "x").await;
+        assert_eq!(answer.status, 429);
+        assert_eq!(answer.headers["retry-after"], "7");
+        assert_eq!(answer.code(), Some("Throttled"));
+    }
+    assert_eq!(
+        send_text(&service_url, &conversation, &token, "delivered")
+            .await
+            .status,
+        201
+    );
+    assert_eq!(emulator.throttled_count(), 2);
+    // Faulted requests were not delivered.
+    assert_eq!(emulator.activities(&conversation).len(), 1);
+
+    // Matchers: another conversation, or another operation, is left alone.
+    emulator.inject_fault(Fault::new(503).conversation("a:1someone-else"));
+    emulator.inject_fault(Fault::new(500).operation(Operation::UpdateActivity));
+    assert_eq!(
+        send_text(&service_url, &conversation, &token, "fine")
+            .await
+            .status,
+        201
+    );
+    emulator.clear_faults();
+
+    // The blocked-thread body, verbatim.
+    emulator.inject_fault(Fault::message_writes_blocked());
+    let answer = send_text(&service_url, &conversation, &token, "blocked").await;
+    assert_eq!(answer.status, 403);
+    assert_eq!(answer.body["errorCode"], 209);
+    assert_eq!(
+        answer.body,
+        serde_json::from_str::<Value>(MESSAGE_WRITES_BLOCKED_BODY).unwrap()
+    );
+    let blocked = emulator.requests().last().unwrap().clone();
+    assert_eq!(blocked.error_code.as_deref(), Some("209"));
+
+    // Extra latency.
+    emulator.inject_fault(Fault::new(503).latency(Duration::from_millis(300)));
+    let started = Instant::now();
+    let answer = send_text(&service_url, &conversation, &token, "slow").await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.code(), Some("ServiceUnavailable"));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // Token endpoint faults must say so, and then apply there.
+    emulator.inject_fault(Fault::new(503).operation(Operation::Token));
+    let response = reqwest::Client::new()
+        .post(emulator.token_url())
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(emulator.stats().faults_applied, 5);
+}
+
+#[tokio::test]
+async fn configured_latency_delays_every_connector_answer() {
+    let (emulator, _bot) = start_with_bot(EmulatorConfig {
+        latency: Duration::from_millis(150),
+        ..config()
+    })
+    .await;
+    let user = TeamsUser::random();
+    let conversation = emulator.install(&user).await.unwrap().conversation_id;
+    let token = bot_token(&emulator).await;
+    let service_url = emulator.service_url(&user.tenant_id);
+
+    let started = Instant::now();
+    assert_eq!(
+        send_text(&service_url, &conversation, &token, "x")
+            .await
+            .status,
+        201
+    );
+    assert!(started.elapsed() >= Duration::from_millis(150));
+
+    emulator.set_latency(Duration::ZERO);
+    let started = Instant::now();
+    assert_eq!(
+        send_text(&service_url, &conversation, &token, "y")
+            .await
+            .status,
+        201
+    );
+    assert!(started.elapsed() < Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn the_http_api_drives_faults_settings_and_teams() {
+    let (emulator, bot) = start_with_bot(config()).await;
+    let base = emulator.base_url();
+    let client = reqwest::Client::new();
+
+    // Act as Teams over HTTP.
+    let user = json!({"tenantId": uuid::Uuid::new_v4(), "aadObjectId": uuid::Uuid::new_v4(), "name": "Dana"});
+    let installed: Value = client
+        .post(format!("{base}/_emulator/teams/install"))
+        .json(&user)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(installed["installationUpdateStatus"], 200);
+    assert_eq!(installed["conversationUpdateStatus"], 200);
+    let conversation = installed["conversationId"].as_str().unwrap().to_owned();
+    let mut message = user.clone();
+    message["text"] = json!("hello from the page");
+    let answer: Value = client
+        .post(format!("{base}/_emulator/teams/message"))
+        .json(&message)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], 200);
+    assert_eq!(answer["conversationId"], conversation.as_str());
+    assert_eq!(
+        bot.deliveries().last().unwrap().activity["text"],
+        "hello from the page"
+    );
+
+    // Settings and faults.
+    let settings: Value = client
+        .post(format!("{base}/_emulator/settings"))
+        .json(&json!({"rateLimits": false, "latencyMs": 0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(settings["rateLimits"], false);
+    let response = client
+        .post(format!("{base}/_emulator/faults"))
+        .json(&json!({"status": 502, "conversationId": conversation, "times": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    let token = bot_token(&emulator).await;
+    let service_url = emulator.default_service_url();
+    assert_eq!(
+        send_text(&service_url, &conversation, &token, "a")
+            .await
+            .status,
+        502
+    );
+    assert_eq!(
+        send_text(&service_url, &conversation, &token, "b")
+            .await
+            .status,
+        201
+    );
+
+    let stats: Value = reqwest::get(format!("{base}/_emulator/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["sends"], 1);
+    assert_eq!(stats["faultsApplied"], 1);
+    assert_eq!(stats["tokenIssues"], 1);
+    let requests: Value = reqwest::get(format!("{base}/_emulator/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<_> = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 502, 201]);
+    assert_eq!(requests[1]["operation"], "SendToConversation");
+    let conversations: Value = reqwest::get(format!("{base}/_emulator/conversations"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conversations[0]["id"], conversation.as_str());
+    assert_eq!(conversations[0]["botInstalled"], true);
+    assert_eq!(conversations[0]["user"]["name"], "Dana");
+
+    let cleared = client
+        .delete(format!("{base}/_emulator/faults"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), 204);
+}
+
+#[tokio::test]
+async fn the_event_stream_tells_of_each_message_the_bot_sends() {
+    let (emulator, _bot) = start_with_bot(config()).await;
+    let user = TeamsUser::random();
+    let conversation = emulator.install(&user).await.unwrap().conversation_id;
+    let token = bot_token(&emulator).await;
+
+    let mut events = reqwest::get(format!("{}/_emulator/events", emulator.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let service_url = emulator.service_url(&user.tenant_id);
+    assert_eq!(
+        send_text(&service_url, &conversation, &token, "streamed")
+            .await
+            .status,
+        201
+    );
+
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen.contains("streamed") && Instant::now() < deadline {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), events.chunk())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: activity"), "{seen}");
+    let data = seen
+        .lines()
+        .find_map(|line| line.strip_prefix("data: "))
+        .unwrap();
+    let event: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(event["kind"], "activity");
+    assert_eq!(event["change"], "sent");
+    assert_eq!(event["conversationId"], conversation.as_str());
+    assert_eq!(event["activity"]["text"], "streamed");
+
+    // Shutting down ends the stream rather than waiting on it.
+    tokio::time::timeout(Duration::from_secs(5), emulator.shutdown())
+        .await
+        .expect("shutdown does not hang on an open event stream");
+}
