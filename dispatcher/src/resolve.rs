@@ -91,10 +91,10 @@ impl Resolver {
 
     /// The tenant's most recent serviceUrl, else the cloud's default.
     async fn tenant_service_url(&self, tenant: Option<&str>) -> Result<String, ResolveError> {
-        if let Some(tenant) = tenant {
-            if let Some(url) = self.conversations.tenant_service_url(tenant).await? {
-                return Ok(url);
-            }
+        if let Some(tenant) = tenant
+            && let Some(url) = self.conversations.tenant_service_url(tenant).await?
+        {
+            return Ok(url);
         }
         self.default_service_url.clone().ok_or_else(|| {
             Unreachable(

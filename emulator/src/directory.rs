@@ -140,6 +140,18 @@ pub(crate) struct Conversation {
     /// Creation order, for listings.
     pub(crate) seq: u64,
     pub(crate) activities: Vec<ReceivedActivity>,
+    /// What "Teams" posted to the bot here, for transcripts.
+    pub(crate) inbound: Vec<InboundActivity>,
+}
+
+/// An activity "Teams" posted to the bot, and the bot's answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InboundActivity {
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) at: OffsetDateTime,
+    pub(crate) activity: Value,
+    pub(crate) status: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +311,7 @@ impl Directory {
                 bot_member,
                 seq: *seq,
                 activities: Vec::new(),
+                inbound: Vec::new(),
             }
         })
     }
@@ -612,6 +625,20 @@ impl Directory {
         self.conversations
             .get(conversation_id)
             .map(|conversation| conversation.activities.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records what "Teams" posted to the bot in a known conversation.
+    pub(crate) fn record_inbound(&mut self, conversation_id: &str, inbound: InboundActivity) {
+        if let Some(conversation) = self.conversations.get_mut(conversation_id) {
+            conversation.inbound.push(inbound);
+        }
+    }
+
+    pub(crate) fn inbound(&self, conversation_id: &str) -> Vec<InboundActivity> {
+        self.conversations
+            .get(conversation_id)
+            .map(|conversation| conversation.inbound.clone())
             .unwrap_or_default()
     }
 

@@ -29,6 +29,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/_emulator/info", get(info))
         .route("/_emulator/conversations", get(conversations))
         .route("/_emulator/conversations/{id}/activities", get(activities))
+        .route("/_emulator/conversations/{id}/inbound", get(inbound))
         .route("/_emulator/requests", get(requests))
         .route("/_emulator/stats", get(stats))
         .route(
@@ -64,6 +65,10 @@ async fn conversations(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn activities(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     Json(lock(&shared.directory).activities(&id)).into_response()
+}
+
+async fn inbound(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    Json(lock(&shared.directory).inbound(&id)).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use crate::directory::{TeamsTeam, TeamsUser};
+use crate::directory::{InboundActivity, TeamsTeam, TeamsUser};
 use crate::keys::TokenVariant;
 use crate::recorder::{Counters, lock};
 use crate::state::{Event, Shared};
@@ -275,6 +275,14 @@ pub(crate) async fn post_activity(
         .and_then(Value::as_str)
         .unwrap_or_default();
     tracing::debug!(%endpoint, status, kind, "activity posted to the bot");
+    lock(&shared.directory).record_inbound(
+        &conversation_id,
+        InboundActivity {
+            at: OffsetDateTime::now_utc(),
+            activity: activity.clone(),
+            status,
+        },
+    );
     shared.publish(Event::ToBot {
         conversation_id,
         activity: activity.clone(),

@@ -279,15 +279,16 @@ fn teams_endpoints(env: &Env, bot: &BotCredentials) -> Result<TeamsEndpoints, Co
     let service_url_allowlist: ServiceUrlAllowlist = allowlist_raw
         .parse()
         .map_err(|e: String| ConfigError::new("HERALD_SERVICE_URL_ALLOWLIST", e))?;
-    if let Some(url) = &default_service_url {
-        if !service_url_allowlist.allows(url) {
-            return Err(ConfigError::new(
-                "HERALD_DEFAULT_SERVICE_URL",
-                format!(
-                    "{url:?} is not allowed by HERALD_SERVICE_URL_ALLOWLIST ({service_url_allowlist})"
-                ),
-            ));
-        }
+    if let Some(url) = default_service_url
+        .as_deref()
+        .filter(|url| !service_url_allowlist.allows(url))
+    {
+        return Err(ConfigError::new(
+            "HERALD_DEFAULT_SERVICE_URL",
+            format!(
+                "{url:?} is not allowed by HERALD_SERVICE_URL_ALLOWLIST ({service_url_allowlist})"
+            ),
+        ));
     }
     Ok(TeamsEndpoints {
         cloud,

@@ -180,10 +180,10 @@ impl Job {
                 &format!("is {size} bytes; Teams accepts at most {MAX_ACTIVITY_BYTES}"),
             );
         }
-        if let (Some(deliver), Some(expires)) = (self.deliver_at, self.expires_at) {
-            if expires <= deliver {
-                return invalid("expiresAt", "must be after deliverAt");
-            }
+        if let (Some(deliver), Some(expires)) = (self.deliver_at, self.expires_at)
+            && expires <= deliver
+        {
+            return invalid("expiresAt", "must be after deliverAt");
         }
         Ok(())
     }

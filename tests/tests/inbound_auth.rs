@@ -34,7 +34,7 @@ async fn every_spoiled_token_is_refused_and_nothing_is_stored_or_sent() {
         let activity = stack.emulator.install_activity(&user);
         let (status, body) = stack
             .emulator
-            .post_activity(&activity, variant.clone())
+            .post_activity(&activity, variant)
             .await
             .unwrap();
         assert_eq!(status, 401, "{variant:?} was not refused: {body}");
