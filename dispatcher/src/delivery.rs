@@ -119,6 +119,17 @@ impl Handler {
         if due > now {
             let wait = Duration::try_from(due - now).unwrap_or_default();
             if wait > WAIT_HERE_AT_MOST {
+                // A job published straight to AMQP with a later `deliverAt` gets its status
+                // record now (`scheduled`), so it can be looked up while it waits.
+                let to = serde_json::to_value(&job.to).unwrap_or_default();
+                let fresh = StatusRecord {
+                    published: true,
+                    ..StatusRecord::new(&job.id, to, job.deliver_at, now)
+                };
+                // A record that exists already (the ingress made it, or an earlier arrival) stays.
+                let _created_or_existing = self
+                    .until_done("record the job", || self.statuses.create(&fresh))
+                    .await?;
                 tracing::debug!(job_id = %job.id, ?wait, "arrived early; delaying again");
                 return self.redelay(job, delivery, wait).await;
             }

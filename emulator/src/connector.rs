@@ -16,6 +16,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -42,14 +43,19 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
     let mut router = Router::new();
     for prefix in PREFIXES {
         router = router
-            .route(&format!("{prefix}/v3/conversations"), post(create))
+            .route(
+                &format!("{prefix}/v3/conversations"),
+                post(endpoint(Operation::CreateConversation)),
+            )
             .route(
                 &format!("{prefix}/v3/conversations/{{conversation}}/activities"),
-                post(send),
+                post(endpoint(Operation::SendToConversation)),
             )
             .route(
                 &format!("{prefix}/v3/conversations/{{conversation}}/activities/{{activity}}"),
-                post(reply).put(update).delete(delete),
+                post(endpoint(Operation::ReplyToActivity))
+                    .put(endpoint(Operation::UpdateActivity))
+                    .delete(endpoint(Operation::DeleteActivity)),
             );
     }
     router.layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -91,99 +97,18 @@ impl Call {
     }
 }
 
-async fn create(
-    State(shared): State<Arc<Shared>>,
-    Path(params): Params,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let call = Call::new(
-        Operation::CreateConversation,
-        params,
-        method,
-        uri,
-        headers,
-        body,
-    );
-    handle(shared, call).await
-}
-
-async fn send(
-    State(shared): State<Arc<Shared>>,
-    Path(params): Params,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let call = Call::new(
-        Operation::SendToConversation,
-        params,
-        method,
-        uri,
-        headers,
-        body,
-    );
-    handle(shared, call).await
-}
-
-async fn reply(
-    State(shared): State<Arc<Shared>>,
-    Path(params): Params,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let call = Call::new(
-        Operation::ReplyToActivity,
-        params,
-        method,
-        uri,
-        headers,
-        body,
-    );
-    handle(shared, call).await
-}
-
-async fn update(
-    State(shared): State<Arc<Shared>>,
-    Path(params): Params,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let call = Call::new(
-        Operation::UpdateActivity,
-        params,
-        method,
-        uri,
-        headers,
-        body,
-    );
-    handle(shared, call).await
-}
-
-async fn delete(
-    State(shared): State<Arc<Shared>>,
-    Path(params): Params,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let call = Call::new(
-        Operation::DeleteActivity,
-        params,
-        method,
-        uri,
-        headers,
-        body,
-    );
-    handle(shared, call).await
+/// The handler for one operation; every Bot Connector route goes through [`handle`].
+fn endpoint(
+    operation: Operation,
+) -> impl Fn(State<Arc<Shared>>, Params, Method, Uri, HeaderMap, Bytes) -> BoxFuture<'static, Response>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |State(shared), Path(params), method, uri, headers, body| {
+        let call = Call::new(operation, params, method, uri, headers, body);
+        Box::pin(handle(shared, call))
+    }
 }
 
 /// Any other path under a serviceUrl: recorded, and answered 404 like an unknown API.

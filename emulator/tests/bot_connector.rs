@@ -266,6 +266,13 @@ async fn teams_refusals_have_teams_bodies() {
         413
     );
 
+    // An API the emulator does not serve is a recorded 404.
+    let members = format!("{service_url}v3/conversations/{conversation}/members");
+    let answer = call(Method::GET, &members, Some(&token), None).await;
+    assert_eq!(answer.status, 404);
+    let last = emulator.requests().last().unwrap().clone();
+    assert_eq!(last.operation, Operation::Other);
+
     assert_eq!(emulator.activities(&conversation).len(), 2);
     let codes: Vec<_> = emulator
         .requests()
@@ -281,7 +288,8 @@ async fn teams_refusals_have_teams_bodies() {
             "BadArgument",
             "BadArgument",
             "MessageSizeTooBig",
-            "MessageSizeTooBig"
+            "MessageSizeTooBig",
+            "NotFound"
         ]
     );
 }

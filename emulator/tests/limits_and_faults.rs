@@ -12,28 +12,43 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn the_eighth_send_in_a_second_is_throttled() {
     let (emulator, _bot) = start_with_bot(config()).await;
-    let user = TeamsUser::random();
-    let conversation = emulator.install(&user).await.unwrap().conversation_id;
     let token = bot_token(&emulator).await;
-    let service_url = emulator.service_url(&user.tenant_id);
 
-    let started = Instant::now();
-    for i in 0..7 {
-        let answer = send_text(&service_url, &conversation, &token, &format!("m{i}")).await;
+    // Eight sends must fit in one second for the story to hold; on a machine too busy for
+    // that, try again with a fresh user rather than fail for the wrong reason.
+    let mut throttled = None;
+    for _attempt in 0..3 {
+        let user = TeamsUser::random();
+        let conversation = emulator.install(&user).await.unwrap().conversation_id;
+        let service_url = emulator.service_url(&user.tenant_id);
+        let started = Instant::now();
+        let mut statuses = Vec::new();
+        for i in 0..8 {
+            statuses.push(send_text(&service_url, &conversation, &token, &format!("m{i}")).await);
+        }
+        if started.elapsed() < Duration::from_millis(900) {
+            throttled = Some((user, conversation, statuses));
+            break;
+        }
+    }
+    let (user, conversation, answers) = throttled.expect("eight sends within a second");
+    for (i, answer) in answers[..7].iter().enumerate() {
         assert_eq!(answer.status, 201, "send {i}");
     }
-    let answer = send_text(&service_url, &conversation, &token, "m7").await;
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "test too slow to say"
-    );
+    let answer = &answers[7];
     assert_eq!(answer.status, 429);
     assert_eq!(answer.code(), Some("Throttled"));
     assert_eq!(answer.headers["retry-after"], "1");
     assert_eq!(emulator.throttled_count(), 1);
     assert_eq!(emulator.activities(&conversation).len(), 7);
+    let last = emulator.requests().last().unwrap().clone();
+    assert_eq!(
+        (last.status, last.error_code.as_deref()),
+        (429, Some("Throttled"))
+    );
 
     // Another user's conversation is not affected.
+    let service_url = emulator.service_url(&user.tenant_id);
     let other = TeamsUser::new(&user.tenant_id, uuid::Uuid::new_v4().to_string(), "Other");
     let other_conversation = emulator.install(&other).await.unwrap().conversation_id;
     assert_eq!(
@@ -261,6 +276,35 @@ async fn the_http_api_drives_faults_settings_and_teams() {
     assert_eq!(conversations[0]["id"], conversation.as_str());
     assert_eq!(conversations[0]["botInstalled"], true);
     assert_eq!(conversations[0]["user"]["name"], "Dana");
+    // What "Teams" posted to the bot there, with the bot's answers.
+    let inbound: Value = reqwest::get(format!(
+        "{base}/_emulator/conversations/{}/inbound",
+        common::encoded(&conversation)
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let kinds: Vec<_> = inbound
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["activity"]["type"].as_str().unwrap(),
+                i["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("installationUpdate", 200),
+            ("conversationUpdate", 200),
+            ("message", 200)
+        ]
+    );
 
     let cleared = client
         .delete(format!("{base}/_emulator/faults"))

@@ -95,6 +95,11 @@ impl Ingress {
                 reminder_delay: config.reminder_delay,
             },
         });
+        tracker.spawn({
+            let bot = bot.clone();
+            let stop = broker_stop.clone();
+            async move { bot.authenticator.keep_fresh(stop).await }
+        });
         let router = Router::new()
             .route("/api/messages", post(bot::receive_activity))
             .layer(DefaultBodyLimit::max(MAX_ACTIVITY_BODY))

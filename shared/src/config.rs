@@ -170,7 +170,7 @@ pub struct BotCredentials {
 }
 
 /// Where tokens come from and how inbound tokens are checked, after cloud preset + overrides.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TeamsEndpoints {
     pub cloud: Cloud,
     pub token_url: Url,
@@ -179,6 +179,24 @@ pub struct TeamsEndpoints {
     pub token_issuer: String,
     pub default_service_url: Option<String>,
     pub service_url_allowlist: ServiceUrlAllowlist,
+}
+
+impl fmt::Debug for TeamsEndpoints {
+    /// URLs as text: the logged configuration is read by people.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TeamsEndpoints")
+            .field("cloud", &self.cloud.to_string())
+            .field("token_url", &self.token_url.as_str())
+            .field("token_scope", &self.token_scope)
+            .field("openid_metadata_url", &self.openid_metadata_url.as_str())
+            .field("token_issuer", &self.token_issuer)
+            .field("default_service_url", &self.default_service_url)
+            .field(
+                "service_url_allowlist",
+                &self.service_url_allowlist.to_string(),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,6 +44,8 @@ pub struct StackOptions {
     pub reminder_delay: Duration,
     pub start_dispatcher: bool,
     pub rate_limits: bool,
+    /// Lifetime of the emulator's bot tokens.
+    pub token_lifetime: Duration,
     /// Extra or overriding service configuration.
     pub env: Vec<(String, String)>,
 }
@@ -54,6 +56,7 @@ impl Default for StackOptions {
             reminder_delay: Duration::from_secs(2),
             start_dispatcher: true,
             rate_limits: true,
+            token_lifetime: Duration::from_secs(3599),
             env: Vec::new(),
         }
     }
@@ -94,6 +97,7 @@ impl TestStack {
         let emulator = Emulator::start(
             EmulatorConfig {
                 rate_limits: options.rate_limits,
+                token_lifetime: options.token_lifetime,
                 ..EmulatorConfig::default()
             },
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -438,6 +442,32 @@ pub async fn publish_raw_many(
     }
     let _ = connection.close(200, "done".into()).await;
     Ok(())
+}
+
+/// A job with `text` for the user, due now.
+pub fn job_for(user: &herald_emulator::TeamsUser, text: &str) -> herald_shared::job::Job {
+    use herald_shared::job::{Job, Message, Target, UserTarget};
+    Job {
+        id: uuid::Uuid::new_v4().to_string(),
+        to: Target::User(UserTarget {
+            tenant_id: user.tenant_id.clone(),
+            aad_object_id: user.aad_object_id.clone(),
+        }),
+        message: Message::text(text),
+        deliver_at: None,
+        expires_at: None,
+    }
+}
+
+/// Publishes jobs the way another service would.
+pub async fn publish_jobs(namespace: &str, jobs: &[&herald_shared::job::Job]) {
+    let bodies: Vec<(String, Vec<u8>)> = jobs
+        .iter()
+        .map(|j| (j.id.clone(), serde_json::to_vec(j).unwrap()))
+        .collect();
+    publish_raw_many(namespace, &bodies)
+        .await
+        .expect("the jobs are published");
 }
 
 /// The address of a socket nobody listens on (for "the dependency is down" tests).

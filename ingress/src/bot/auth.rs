@@ -208,6 +208,22 @@ impl BotAuthenticator {
         }
     }
 
+    /// Keeps the keys fresh in the background until `stop`: fetched at start (so the first
+    /// activity does not wait for Microsoft) and twice a day after, well within their
+    /// [`KEYS_MAX_AGE`]; a failed fetch is tried again a minute later.
+    pub async fn keep_fresh(&self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let next = match self.refresh(false).await {
+                Ok(()) => KEYS_MAX_AGE / 2,
+                Err(_) => Duration::from_secs(60),
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(next) => {}
+            }
+        }
+    }
+
     /// Fetches metadata and keys; one fetch at a time. Stale keys stay usable when it fails.
     async fn refresh(&self, for_unknown_kid: bool) -> Result<(), AuthError> {
         let _one_at_a_time = self.fetching.lock().await;
