@@ -215,36 +215,23 @@ impl Handler {
         };
         let reason = error.reason();
         match error.class() {
-            ErrorClass::Permanent => {
-                tracing::warn!(job_id = %job.id, %reason, "permanent failure");
-                self.finish(
-                    job,
-                    &owner,
-                    Outcome::Failed {
-                        reason,
-                        conversation_id,
-                    },
-                    1,
-                )
-                .await
-            }
-            ErrorClass::Gone => {
-                tracing::warn!(job_id = %job.id, %reason, "the conversation is gone; marking it removed");
-                let mark = || {
-                    self.conversations
-                        .mark_removed(&destination.conversation_id, &reason)
+            class @ (ErrorClass::Permanent | ErrorClass::Gone) => {
+                tracing::warn!(job_id = %job.id, %reason, ?class, "the job cannot be delivered");
+                if class == ErrorClass::Gone {
+                    // Later jobs for this conversation fail without calling Teams, until the
+                    // next install or message revives the reference.
+                    let mark = || {
+                        self.conversations
+                            .mark_removed(&destination.conversation_id, &reason)
+                    };
+                    self.until_done("mark the conversation removed", mark)
+                        .await?;
+                }
+                let outcome = Outcome::Failed {
+                    reason,
+                    conversation_id,
                 };
-                self.until_done("mark removed", mark).await?;
-                self.finish(
-                    job,
-                    &owner,
-                    Outcome::Failed {
-                        reason,
-                        conversation_id,
-                    },
-                    1,
-                )
-                .await
+                self.finish(job, &owner, outcome, 1).await
             }
             ErrorClass::Transient { retry_after } => {
                 let attempts = record.attempts + 1;

@@ -17,26 +17,17 @@ pub mod retry;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use herald_shared::{
+    BuildError,
     admin::{self, Readiness},
-    amqp::{Broker, InvalidAmqpUrl, Publisher, Topology},
+    amqp::{Broker, Publisher, Topology},
     config::DispatcherConfig,
     connector::{BotConnector, TokenSource},
-    store::{ConversationStore, Redis, StatusStore, StoreError},
+    store::{ConversationStore, Redis, StatusStore},
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{delivery::Handler, resolve::Resolver};
-
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Redis(#[from] StoreError),
-    #[error(transparent)]
-    Amqp(#[from] InvalidAmqpUrl),
-    #[error("cannot read the admin listener's address: {0}")]
-    Listener(#[from] std::io::Error),
-}
 
 /// A built dispatcher, ready to [`run`](Dispatcher::run).
 #[derive(Debug)]

@@ -17,10 +17,11 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{Router, extract::DefaultBodyLimit, routing::post};
 use herald_shared::{
+    BuildError,
     admin::{self, Readiness},
-    amqp::{Broker, InvalidAmqpUrl, Publisher, Topology},
+    amqp::{Broker, Publisher, Topology},
     config::IngressConfig,
-    store::{ConversationStore, Redis, StatusStore, StoreError},
+    store::{ConversationStore, Redis, StatusStore},
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -32,16 +33,6 @@ use crate::{
 
 /// The largest activity accepted; real ones are a few KB, cards included.
 pub const MAX_ACTIVITY_BODY: usize = 256 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Redis(#[from] StoreError),
-    #[error(transparent)]
-    Amqp(#[from] InvalidAmqpUrl),
-    #[error("cannot read a listener's address: {0}")]
-    Listener(#[from] std::io::Error),
-}
 
 /// A built ingress, ready to [`run`](Ingress::run).
 #[derive(Debug)]

@@ -22,6 +22,17 @@ pub mod job;
 pub mod store;
 pub mod telemetry;
 
+/// Why a service could not be wired up at start (both services build the same way).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Redis(#[from] store::StoreError),
+    #[error(transparent)]
+    Amqp(#[from] amqp::InvalidAmqpUrl),
+    #[error("cannot read a listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
 /// The HTTP client every outbound call uses: one connection pool per process, rustls.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -74,6 +74,30 @@ async fn every_spoiled_token_is_refused_and_nothing_is_stored_or_sent() {
     stack.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_body_is_refused_before_anything_is_stored() {
+    let stack = TestStack::start().await;
+    let user = TeamsUser::random();
+    let mut activity = stack.emulator.message_activity(&user, "hi");
+    activity["text"] = "x".repeat(herald_ingress::MAX_ACTIVITY_BODY).into();
+    let (status, body) = stack
+        .emulator
+        .post_activity(&activity, TokenVariant::Valid)
+        .await
+        .unwrap();
+    assert_eq!(status, 413, "{body}");
+    let conversation = stack.emulator.personal_conversation_id(&user);
+    assert!(
+        stack
+            .conversations
+            .get(&conversation)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    stack.stop().await;
+}
+
 /// A host that records every request it receives, standing in for a forged serviceUrl.
 async fn recording_host() -> (String, Arc<Mutex<Vec<HeaderMap>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));

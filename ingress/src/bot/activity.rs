@@ -169,3 +169,85 @@ impl Activity {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn activity(value: serde_json::Value) -> Activity {
+        let mut base = json!({
+            "type": "conversationUpdate",
+            "serviceUrl": "https://smba.trafficmanager.net/amer/t/",
+            "channelId": "msteams",
+            "conversation": {"id": "19:team@thread.tacv2", "conversationType": "channel", "tenantId": "t"},
+            "recipient": {"id": "28:bot"},
+            "from": {"id": "29:user", "aadObjectId": "u"}
+        });
+        base.as_object_mut()
+            .unwrap()
+            .extend(value.as_object().unwrap().clone());
+        Activity::parse(&serde_json::to_vec(&base).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn removals_mark_the_reference() {
+        let removed = activity(json!({"membersRemoved": [{"id": "28:bot"}]}));
+        assert!(
+            matches!(removed.effect(), ActivityEffect::Remove { reason } if reason.contains("bot was removed"))
+        );
+        let deleted =
+            activity(json!({"channelData": {"eventType": "teamDeleted", "team": {"id": "team"}}}));
+        assert!(
+            matches!(deleted.effect(), ActivityEffect::Remove { reason } if reason.contains("team was deleted"))
+        );
+        let uninstalled = activity(json!({"type": "installationUpdate", "action": "remove"}));
+        assert!(matches!(
+            uninstalled.effect(),
+            ActivityEffect::Remove { .. }
+        ));
+        // Someone else leaving the team changes nothing for the bot.
+        let other = activity(json!({"membersRemoved": [{"id": "29:someone"}]}));
+        assert_eq!(other.effect(), ActivityEffect::Refresh);
+    }
+
+    #[test]
+    fn only_a_personal_install_greets_and_upgrades_are_not_installs() {
+        let personal =
+            json!({"conversation": {"id": "a:1", "conversationType": "personal", "tenantId": "t"}});
+        let mut install = personal.clone();
+        install["type"] = "installationUpdate".into();
+        install["action"] = "add".into();
+        assert_eq!(activity(install.clone()).effect(), ActivityEffect::Install);
+        install["action"] = "add-upgrade".into();
+        assert_eq!(activity(install).effect(), ActivityEffect::Refresh);
+        let mut bot_added = personal;
+        bot_added["membersAdded"] = json!([{"id": "28:bot"}, {"id": "29:user"}]);
+        assert_eq!(activity(bot_added).effect(), ActivityEffect::Install);
+        let team_install = json!({"type": "installationUpdate", "action": "add"});
+        assert_eq!(activity(team_install).effect(), ActivityEffect::Refresh);
+    }
+
+    #[test]
+    fn the_tenant_comes_from_the_conversation_or_the_channel_data() {
+        let from_channel_data = activity(json!({
+            "conversation": {"id": "19:x@thread.tacv2", "conversationType": "channel"},
+            "channelData": {"tenant": {"id": "t2"}, "team": {"id": "team"}, "channel": {"id": "19:x@thread.tacv2"}}
+        }));
+        let reference = from_channel_data.reference(OffsetDateTime::now_utc());
+        assert_eq!(reference.tenant_id.as_deref(), Some("t2"));
+        assert_eq!(reference.team_id.as_deref(), Some("team"));
+        assert_eq!(
+            reference.user_aad_object_id, None,
+            "a channel has no single user"
+        );
+    }
+
+    #[test]
+    fn an_activity_missing_its_ids_is_malformed() {
+        let err = Activity::parse(br#"{"type":"message","serviceUrl":"","channelId":"msteams","conversation":{"id":"a"}}"#);
+        assert!(err.unwrap_err().to_string().contains("serviceUrl"));
+        assert!(Activity::parse(b"[1,2]").is_err());
+    }
+}
