@@ -1,15 +1,18 @@
 //! Handling one delivery from `{ns}.dispatch`, from the body to the ack.
 //!
-//! The ack comes last, after the outcome is recorded (or the job safely re-queued through the
+//! The ack comes last, after the outcome is recorded (or the work safely re-queued through the
 //! delay levels), so a crash at any point leaves the delivery unacked and RabbitMQ hands it out
 //! again; the status record's send lease then keeps the second copy from sending twice.
+//!
+//! A delivery is a job (send a message) or, with the `x-herald-op` header, a change to a
+//! message already delivered (edit or delete it).
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use herald_shared::{
     amqp::{Publisher, headers},
-    connector::{BotConnector, ErrorClass},
-    job::Job,
+    connector::{BotConnector, ConnectorError, ErrorClass},
+    job::{Change, ChangeKind, Job},
     store::{BeginSend, ConversationStore, Outcome, StatusRecord, StatusStore},
 };
 use lapin::{
@@ -22,7 +25,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    resolve::{ResolveError, Resolver},
+    resolve::{Destination, ResolveError, Resolver},
     retry,
 };
 
@@ -46,19 +49,23 @@ pub struct Handler {
     pub abandon: CancellationToken,
 }
 
-/// What to tell RabbitMQ about a delivery.
-enum Settle {
-    Ack,
-    /// Hand it back to the queue (the service is stopping with the work unfinished).
-    Requeue,
+/// The service is stopping and this delivery's work is unfinished: it goes back to the queue.
+#[derive(Debug)]
+struct Abandoned;
+
+/// What reached Teams.
+struct Sent {
+    service_url: String,
+    conversation_id: String,
+    activity_id: Option<String>,
 }
 
 impl Handler {
     pub async fn handle(self: Arc<Self>, delivery: Delivery) {
-        let settle = self.settle(&delivery).await;
-        let result = match settle {
-            Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-            Settle::Requeue => {
+        let settled = self.settle(&delivery).await;
+        let result = match settled {
+            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+            Err(Abandoned) => {
                 delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -75,47 +82,58 @@ impl Handler {
         }
     }
 
-    async fn settle(&self, delivery: &Delivery) -> Settle {
+    async fn settle(&self, delivery: &Delivery) -> Result<(), Abandoned> {
+        let amqp_headers = delivery.properties.headers().as_ref();
+        if let Some(op) = headers::text(amqp_headers, headers::OPERATION) {
+            return match (
+                ChangeKind::parse(&op),
+                serde_json::from_slice::<Change>(&delivery.data),
+            ) {
+                (Some(kind), Ok(change)) => {
+                    let span =
+                        tracing::info_span!("change", job_id = %change.id, op = kind.as_str());
+                    self.change(kind, &change, delivery).instrument(span).await
+                }
+                (None, _) => {
+                    self.poison(delivery, &format!("rejected: unknown operation {op:?}"))
+                        .await
+                }
+                (_, Err(e)) => {
+                    self.poison(delivery, &format!("rejected: the change is malformed: {e}"))
+                        .await
+                }
+            };
+        }
+        match Job::from_slice(&delivery.data) {
+            Ok(job) => {
+                let span = tracing::info_span!("job", job_id = %job.id);
+                self.process(&job, delivery).instrument(span).await
+            }
+            Err(error) => self.poison(delivery, &format!("rejected: {error}")).await,
+        }
+    }
+
+    /// Sets a message that can never be handled aside, with the reason, and goes on.
+    async fn poison(&self, delivery: &Delivery, reason: &str) -> Result<(), Abandoned> {
         let message_id = delivery
             .properties
             .message_id()
             .as_ref()
             .map(|id| id.as_str().to_owned());
+        tracing::warn!(?message_id, %reason, "poison message; dead-lettering it");
         let amqp_headers = delivery.properties.headers().as_ref();
-        let job = match Job::from_slice(&delivery.data) {
-            Ok(job) => job,
-            Err(error) => {
-                tracing::warn!(?message_id, %error, "poison message; dead-lettering it");
-                let reason = format!("rejected: {error}");
-                let dead_letter = || {
-                    self.publisher.dead_letter(
-                        message_id.as_deref(),
-                        &delivery.data,
-                        amqp_headers,
-                        &reason,
-                    )
-                };
-                return self
-                    .until_done("dead-letter", dead_letter)
-                    .await
-                    .map_or(Settle::Requeue, |()| Settle::Ack);
-            }
-        };
-        let span = tracing::info_span!("job", job_id = %job.id);
-        match self.process(&job, delivery).instrument(span).await {
-            Ok(()) => Settle::Ack,
-            Err(Abandoned) => Settle::Requeue,
-        }
+        self.until_done("dead-letter", || {
+            self.publisher
+                .dead_letter(message_id.as_deref(), &delivery.data, amqp_headers, reason)
+        })
+        .await
     }
 
     async fn process(&self, job: &Job, delivery: &Delivery) -> Result<(), Abandoned> {
         let amqp_headers = delivery.properties.headers().as_ref();
         let now = OffsetDateTime::now_utc();
         // Early (a delay rounds down to whole seconds; a retry's backoff is in a header)?
-        let not_before = headers::integer(amqp_headers, headers::NOT_BEFORE).and_then(|ms| {
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-        });
-        let due = job.due(now).max(not_before.unwrap_or(now));
+        let due = job.due(now).max(not_before(delivery).unwrap_or(now));
         if due > now {
             let wait = Duration::try_from(due - now).unwrap_or_default();
             if wait > WAIT_HERE_AT_MOST {
@@ -130,8 +148,10 @@ impl Handler {
                 let _created_or_existing = self
                     .until_done("record the job", || self.statuses.create(&fresh))
                     .await?;
-                tracing::debug!(job_id = %job.id, ?wait, "arrived early; delaying again");
-                return self.redelay(job, delivery, wait).await;
+                tracing::debug!(?wait, "arrived early; delaying again");
+                return self
+                    .redelay(&job.id, delivery, wait, attempts_header(delivery))
+                    .await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -151,93 +171,164 @@ impl Handler {
             .await?;
         let record = match claim {
             BeginSend::Finished(status) => {
-                tracing::info!(job_id = %job.id, %status, "job already ended; dropping this copy");
+                tracing::info!(%status, "job already ended; dropping this copy");
                 return Ok(());
             }
             BeginSend::Busy { retry_in } => {
-                tracing::info!(job_id = %job.id, ?retry_in, "another copy of this job is being sent; looking again later");
+                tracing::info!(
+                    ?retry_in,
+                    "another copy of this job is being sent; looking again later"
+                );
                 return self
-                    .redelay(job, delivery, retry_in.max(Duration::from_secs(1)))
+                    .redelay(
+                        &job.id,
+                        delivery,
+                        retry_in.max(Duration::from_secs(1)),
+                        attempts_header(delivery),
+                    )
                     .await;
             }
             BeginSend::Claimed { took_over, record } => {
                 if took_over {
-                    tracing::warn!(job_id = %job.id, "took over a send whose holder stopped; Teams may have it already");
+                    tracing::warn!(
+                        "took over a send whose holder stopped; Teams may have it already"
+                    );
                 }
                 record
             }
         };
-
         if job.is_expired(now) {
-            return self.finish(job, &owner, Outcome::Expired, 0).await;
+            return self.finish(&job.id, &owner, Outcome::Expired, 0).await;
         }
+
         let resolve = || async {
             match self.resolver.resolve(&job.to).await {
                 Err(ResolveError::Store(error)) => Err(error),
-                Ok(destination) => Ok(Ok(destination)),
-                Err(ResolveError::Unreachable(why)) => Ok(Err(why)),
+                other => Ok(other),
             }
         };
         let destination = match self.until_done("look up the target", resolve).await? {
             Ok(destination) => destination,
-            Err(why) => {
-                tracing::info!(job_id = %job.id, reason = %why, "job cannot be delivered");
+            Err(ResolveError::Unreachable(why)) => {
+                tracing::info!(reason = %why, "job cannot be delivered");
                 let outcome = Outcome::Failed {
                     reason: why.to_string(),
                     conversation_id: None,
                 };
-                return self.finish(job, &owner, outcome, 0).await;
+                return self.finish(&job.id, &owner, outcome, 0).await;
             }
+            Err(ResolveError::Teams(error)) => {
+                return self
+                    .failed_call(job, delivery, &owner, &record, error, None)
+                    .await;
+            }
+            Err(ResolveError::Store(_)) => unreachable!("store errors are retried by until_done"),
         };
 
         let traceparent = headers::text(amqp_headers, headers::TRACEPARENT);
-        let activity = job.message.to_activity();
-        let sent = self
-            .connector
-            .send_to_conversation(
-                &destination.service_url,
-                &destination.conversation_id,
-                &activity,
-                traceparent.as_deref(),
-            )
-            .await;
-        let conversation_id = Some(destination.conversation_id.clone());
-        let error = match sent {
+        match self.send(job, &destination, traceparent.as_deref()).await {
             Ok(sent) => {
-                tracing::info!(job_id = %job.id, conversation_id = %destination.conversation_id, "delivered");
+                tracing::info!(conversation_id = %sent.conversation_id, "delivered");
                 let outcome = Outcome::Delivered {
-                    conversation_id: destination.conversation_id,
-                    activity_id: sent.id,
+                    service_url: sent.service_url,
+                    conversation_id: sent.conversation_id,
+                    activity_id: sent.activity_id,
                 };
-                return self.finish(job, &owner, outcome, 1).await;
+                self.finish(&job.id, &owner, outcome, 1).await
             }
-            Err(error) => error,
-        };
+            Err(error) => {
+                let conversation = match &destination {
+                    Destination::Conversation {
+                        conversation_id, ..
+                    } => Some(conversation_id.as_str()),
+                    Destination::ChannelThread { .. } => None,
+                };
+                self.failed_call(job, delivery, &owner, &record, error, conversation)
+                    .await
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        job: &Job,
+        destination: &Destination,
+        traceparent: Option<&str>,
+    ) -> Result<Sent, ConnectorError> {
+        let activity = job.message.to_activity();
+        match destination {
+            Destination::Conversation {
+                service_url,
+                conversation_id,
+            } => {
+                let sent = self
+                    .connector
+                    .send_to_conversation(service_url, conversation_id, &activity, traceparent)
+                    .await?;
+                Ok(Sent {
+                    service_url: service_url.clone(),
+                    conversation_id: conversation_id.clone(),
+                    activity_id: sent.id,
+                })
+            }
+            Destination::ChannelThread {
+                service_url,
+                tenant_id,
+                channel_id,
+            } => {
+                let created = self
+                    .connector
+                    .create_channel_thread(
+                        service_url,
+                        tenant_id,
+                        channel_id,
+                        &activity,
+                        traceparent,
+                    )
+                    .await?;
+                Ok(Sent {
+                    service_url: service_url.clone(),
+                    conversation_id: created.id,
+                    activity_id: created.activity_id,
+                })
+            }
+        }
+    }
+
+    /// A call to Teams for this job failed: fail, mark the conversation gone, or retry.
+    async fn failed_call(
+        &self,
+        job: &Job,
+        delivery: &Delivery,
+        owner: &str,
+        record: &StatusRecord,
+        error: ConnectorError,
+        conversation_id: Option<&str>,
+    ) -> Result<(), Abandoned> {
         let reason = error.reason();
+        let conversation = conversation_id.map(str::to_owned);
         match error.class() {
             class @ (ErrorClass::Permanent | ErrorClass::Gone) => {
-                tracing::warn!(job_id = %job.id, %reason, ?class, "the job cannot be delivered");
-                if class == ErrorClass::Gone {
+                tracing::warn!(%reason, ?class, "the job cannot be delivered");
+                if let (ErrorClass::Gone, Some(gone)) = (class, conversation_id) {
                     // Later jobs for this conversation fail without calling Teams, until the
                     // next install or message revives the reference.
-                    let mark = || {
-                        self.conversations
-                            .mark_removed(&destination.conversation_id, &reason)
-                    };
+                    let mark = || self.conversations.mark_removed(gone, &reason);
                     self.until_done("mark the conversation removed", mark)
                         .await?;
                 }
                 let outcome = Outcome::Failed {
                     reason,
-                    conversation_id,
+                    conversation_id: conversation,
                 };
-                self.finish(job, &owner, outcome, 1).await
+                self.finish(&job.id, owner, outcome, 1).await
             }
             ErrorClass::Transient { retry_after } => {
                 let attempts = record.attempts + 1;
                 if attempts >= self.max_attempts {
                     let reason = format!("gave up after {attempts} attempts; the last: {reason}");
-                    tracing::warn!(job_id = %job.id, %reason, "retries exhausted; dead-lettering");
+                    tracing::warn!(%reason, "retries exhausted; dead-lettering");
+                    let amqp_headers = delivery.properties.headers().as_ref();
                     let dead = || {
                         self.publisher.dead_letter(
                             Some(&job.id),
@@ -249,11 +340,11 @@ impl Handler {
                     self.until_done("dead-letter", dead).await?;
                     return self
                         .finish(
-                            job,
-                            &owner,
+                            &job.id,
+                            owner,
                             Outcome::Failed {
                                 reason,
-                                conversation_id,
+                                conversation_id: conversation,
                             },
                             1,
                         )
@@ -261,12 +352,12 @@ impl Handler {
                 }
                 let wait = retry::backoff(&self.retry_schedule, attempts, retry_after);
                 let next_attempt_at = OffsetDateTime::now_utc() + wait;
-                tracing::info!(job_id = %job.id, %reason, ?wait, attempts, "transient failure; retrying later");
-                self.publish_delayed(job, delivery, wait, Some(next_attempt_at), attempts)
+                tracing::info!(%reason, ?wait, attempts, "transient failure; retrying later");
+                self.publish_delayed(&job.id, delivery, wait, Some(next_attempt_at), attempts)
                     .await?;
                 self.finish(
-                    job,
-                    &owner,
+                    &job.id,
+                    owner,
                     Outcome::Retrying {
                         reason,
                         next_attempt_at,
@@ -278,44 +369,164 @@ impl Handler {
         }
     }
 
+    /// Edits or deletes a delivered message. Both are naturally idempotent (the same PUT twice;
+    /// a DELETE of what is gone already), so a redelivered change is simply done again.
+    async fn change(
+        &self,
+        kind: ChangeKind,
+        change: &Change,
+        delivery: &Delivery,
+    ) -> Result<(), Abandoned> {
+        if let Some(at) = not_before(delivery) {
+            let wait = Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or_default();
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.abandon.cancelled() => return Err(Abandoned),
+                }
+            }
+        }
+        let Some(record) = self
+            .until_done("look up the job", || self.statuses.get(&change.id))
+            .await?
+        else {
+            tracing::warn!("a change for a job with no status record; dropping it");
+            return Ok(());
+        };
+        let (Some(service_url), Some(conversation_id), Some(activity_id)) = (
+            &record.service_url,
+            &record.conversation_id,
+            &record.activity_id,
+        ) else {
+            let reason = format!(
+                "cannot {} the message: Teams returned no activity id for it",
+                kind.as_str()
+            );
+            return self.note_change(&change.id, Some(&reason)).await;
+        };
+        let traceparent =
+            headers::text(delivery.properties.headers().as_ref(), headers::TRACEPARENT);
+        let result = match (kind, &change.message) {
+            (ChangeKind::Update, Some(message)) => {
+                let activity = message.to_activity();
+                self.connector
+                    .update_activity(
+                        service_url,
+                        conversation_id,
+                        activity_id,
+                        &activity,
+                        traceparent.as_deref(),
+                    )
+                    .await
+            }
+            (ChangeKind::Update, None) => {
+                return self
+                    .poison(delivery, "rejected: an update without a message")
+                    .await;
+            }
+            (ChangeKind::Delete, _) => {
+                self.connector
+                    .delete_activity(
+                        service_url,
+                        conversation_id,
+                        activity_id,
+                        traceparent.as_deref(),
+                    )
+                    .await
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        match (kind, result) {
+            (ChangeKind::Delete, Ok(())) => {
+                self.until_done("record the deletion", || {
+                    self.statuses.mark_retracted(&change.id, now)
+                })
+                .await?;
+                tracing::info!("deleted the delivered message");
+                Ok(())
+            }
+            // Deleted already (a redelivered change, or someone else): the goal is reached.
+            (
+                ChangeKind::Delete,
+                Err(ConnectorError::Teams {
+                    status: 404,
+                    code: Some(code),
+                    ..
+                }),
+            ) if code == "ActivityNotFoundInConversation" => {
+                self.until_done("record the deletion", || {
+                    self.statuses.mark_retracted(&change.id, now)
+                })
+                .await?;
+                Ok(())
+            }
+            (ChangeKind::Update, Ok(())) => {
+                tracing::info!("edited the delivered message");
+                self.note_change(&change.id, None).await
+            }
+            (_, Err(error)) => {
+                let reason = format!("{} failed: {}", kind.as_str(), error.reason());
+                let attempts = attempts_header(delivery) + 1;
+                match error.class() {
+                    ErrorClass::Transient { retry_after } if attempts < self.max_attempts => {
+                        let wait = retry::backoff(&self.retry_schedule, attempts, retry_after);
+                        tracing::info!(%reason, ?wait, "transient failure; retrying the change later");
+                        let at = OffsetDateTime::now_utc() + wait;
+                        self.publish_delayed(&change.id, delivery, wait, Some(at), attempts)
+                            .await?;
+                        self.note_change(&change.id, Some(&reason)).await
+                    }
+                    _ => {
+                        tracing::warn!(%reason, "the change failed");
+                        self.note_change(&change.id, Some(&reason)).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn note_change(&self, id: &str, error: Option<&str>) -> Result<(), Abandoned> {
+        let now = OffsetDateTime::now_utc();
+        self.until_done("record the change", || {
+            self.statuses.note_change(id, error, now)
+        })
+        .await
+    }
+
     async fn finish(
         &self,
-        job: &Job,
+        id: &str,
         owner: &str,
         outcome: Outcome,
         attempts_made: u32,
     ) -> Result<(), Abandoned> {
         let now = OffsetDateTime::now_utc();
         let stored = self
-            .until_done("record outcome", || {
+            .until_done("record the outcome", || {
                 self.statuses
-                    .finish(&job.id, owner, &outcome, attempts_made, now)
+                    .finish(id, owner, &outcome, attempts_made, now)
             })
             .await?;
-        tracing::debug!(job_id = %job.id, %stored, "outcome recorded");
+        tracing::debug!(%stored, "outcome recorded");
         Ok(())
     }
 
     async fn redelay(
         &self,
-        job: &Job,
+        id: &str,
         delivery: &Delivery,
         wait: Duration,
+        attempts: u32,
     ) -> Result<(), Abandoned> {
-        let attempts = headers::integer(delivery.properties.headers().as_ref(), headers::ATTEMPTS)
-            .unwrap_or(0);
-        let not_before =
-            headers::integer(delivery.properties.headers().as_ref(), headers::NOT_BEFORE).and_then(
-                |ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok(),
-            );
-        self.publish_delayed(job, delivery, wait, not_before, attempts as u32)
+        self.publish_delayed(id, delivery, wait, not_before(delivery), attempts)
             .await
     }
 
-    /// Sends the delivery's body round the delay levels again, keeping its headers.
+    /// Sends the delivery's body round the delay levels again, keeping its headers (the change
+    /// marker and the trace context among them).
     async fn publish_delayed(
         &self,
-        job: &Job,
+        id: &str,
         delivery: &Delivery,
         wait: Duration,
         not_before: Option<OffsetDateTime>,
@@ -330,9 +541,15 @@ impl Handler {
                 (at.unix_timestamp_nanos() / 1_000_000) as i64,
             );
         }
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map_or(id, |m| m.as_str())
+            .to_owned();
         let publish = || {
             self.publisher
-                .publish_job(&job.id, &delivery.data, wait, kept.clone())
+                .publish_job(&message_id, &delivery.data, wait, kept.clone())
         };
         self.until_done("re-delay", publish).await
     }
@@ -363,6 +580,15 @@ impl Handler {
     }
 }
 
-/// The service is stopping and this delivery's work is unfinished: it goes back to the queue.
-#[derive(Debug)]
-struct Abandoned;
+/// The retry time carried in the headers, if any.
+fn not_before(delivery: &Delivery) -> Option<OffsetDateTime> {
+    headers::integer(delivery.properties.headers().as_ref(), headers::NOT_BEFORE)
+        .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+}
+
+/// Calls to Teams made so far for this message, as the headers count them.
+fn attempts_header(delivery: &Delivery) -> u32 {
+    headers::integer(delivery.properties.headers().as_ref(), headers::ATTEMPTS)
+        .unwrap_or(0)
+        .max(0) as u32
+}

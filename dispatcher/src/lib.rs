@@ -60,20 +60,23 @@ impl Dispatcher {
         let http = herald_shared::http_client();
         let tokens = Arc::new(TokenSource::new(http.clone(), &common.bot, &common.teams));
         let conversations = ConversationStore::new(redis.clone());
+        let connector = BotConnector::new(
+            http,
+            tokens,
+            common.teams.service_url_allowlist.clone(),
+            config.send_timeout,
+        );
         let handler = Arc::new(Handler {
             instance: format!("dispatcher-{}", uuid::Uuid::new_v4().simple()),
             statuses: StatusStore::new(redis.clone(), common.status_ttl),
             conversations: conversations.clone(),
             resolver: Resolver {
                 conversations,
+                connector: connector.clone(),
+                bot_id: format!("28:{}", common.bot.app_id),
                 default_service_url: common.teams.default_service_url.clone(),
             },
-            connector: BotConnector::new(
-                http,
-                tokens,
-                common.teams.service_url_allowlist.clone(),
-                config.send_timeout,
-            ),
+            connector,
             publisher: Publisher::new(broker.clone()),
             retry_schedule: config.retry_schedule.clone(),
             max_attempts: config.max_attempts,

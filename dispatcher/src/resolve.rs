@@ -1,16 +1,37 @@
-//! Where a job goes: the conversation id and serviceUrl its target stands for, looked up at
-//! send time (a reference may have changed or been removed since the job was queued).
+//! Where a job goes, looked up at send time (a reference may have changed or been removed
+//! since the job was queued): an existing conversation, a 1:1 chat Herald creates for a user it
+//! has never heard from, or a new thread in a team channel.
 
 use herald_shared::{
+    connector::{BotConnector, ConnectorError},
     job::Target,
-    store::{ConversationStore, StoreError},
+    store::{ActivityEffect, ConversationRef, ConversationStore, RecordedActivity, StoreError},
 };
+use time::OffsetDateTime;
 
 /// A concrete place to send to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Destination {
-    pub service_url: String,
-    pub conversation_id: String,
+pub enum Destination {
+    /// Post into this conversation.
+    Conversation {
+        service_url: String,
+        conversation_id: String,
+    },
+    /// Start a new thread in this channel (the post creates the conversation).
+    ChannelThread {
+        service_url: String,
+        tenant_id: String,
+        channel_id: String,
+    },
+}
+
+impl Destination {
+    pub fn service_url(&self) -> &str {
+        match self {
+            Destination::Conversation { service_url, .. }
+            | Destination::ChannelThread { service_url, .. } => service_url,
+        }
+    }
 }
 
 /// Why a target cannot be reached; recorded as the job's `lastError`.
@@ -24,11 +45,17 @@ pub enum ResolveError {
     Unreachable(#[from] Unreachable),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Creating the user's 1:1 chat failed; handled like a failed send.
+    #[error(transparent)]
+    Teams(#[from] ConnectorError),
 }
 
 #[derive(Debug, Clone)]
 pub struct Resolver {
     pub conversations: ConversationStore,
+    pub connector: BotConnector,
+    /// The bot's `28:` id, for creating conversations.
+    pub bot_id: String,
     /// For a tenant Herald has never heard from (`HERALD_DEFAULT_SERVICE_URL`).
     pub default_service_url: Option<String>,
 }
@@ -37,23 +64,26 @@ impl Resolver {
     pub async fn resolve(&self, target: &Target) -> Result<Destination, ResolveError> {
         match target {
             Target::User(user) => {
-                let reference = self
+                let stored = self
                     .conversations
                     .personal_conversation(&user.tenant_id, &user.aad_object_id)
-                    .await?
-                    .ok_or_else(|| {
-                        Unreachable(format!(
-                            "no personal conversation with user {} in tenant {} is stored (the app was never installed for them, or the install was not seen)",
-                            user.aad_object_id, user.tenant_id
+                    .await?;
+                let reference = match stored {
+                    // An uninstall or a "gone" answer is the user's word: no new chat behind it.
+                    Some(reference) if reference.is_removed() => {
+                        let reason = reference.removed_reason.unwrap_or_default();
+                        return Err(Unreachable(format!(
+                            "the user's conversation was removed: {reason}"
                         ))
-                    })?;
-                if let Some(reason) = &reference.removed_reason {
-                    return Err(Unreachable(format!(
-                        "the user's conversation was removed: {reason}"
-                    ))
-                    .into());
-                }
-                Ok(Destination {
+                        .into());
+                    }
+                    Some(reference) => reference,
+                    None => {
+                        self.create_personal_conversation(&user.tenant_id, &user.aad_object_id)
+                            .await?
+                    }
+                };
+                Ok(Destination::Conversation {
                     service_url: reference.service_url,
                     conversation_id: reference.conversation_id,
                 })
@@ -73,20 +103,51 @@ impl Resolver {
                             .await?
                     }
                 };
-                Ok(Destination {
+                Ok(Destination::Conversation {
                     service_url,
                     conversation_id: conversation.id.clone(),
                 })
             }
-            Target::Channel(channel) => {
-                // A post to the channel's conversation id starts a new thread in that channel.
-                let service_url = self.tenant_service_url(Some(&channel.tenant_id)).await?;
-                Ok(Destination {
-                    service_url,
-                    conversation_id: channel.channel_id.clone(),
-                })
-            }
+            Target::Channel(channel) => Ok(Destination::ChannelThread {
+                service_url: self.tenant_service_url(Some(&channel.tenant_id)).await?,
+                tenant_id: channel.tenant_id.clone(),
+                channel_id: channel.channel_id.clone(),
+            }),
         }
+    }
+
+    /// Creates the 1:1 chat at the tenant's serviceUrl (Teams answers with the existing one if
+    /// there is one, so doing this twice is harmless) and stores it like an inbound reference.
+    async fn create_personal_conversation(
+        &self,
+        tenant_id: &str,
+        aad_object_id: &str,
+    ) -> Result<ConversationRef, ResolveError> {
+        let service_url = self.tenant_service_url(Some(tenant_id)).await?;
+        let created = self
+            .connector
+            .create_personal_conversation(&service_url, &self.bot_id, tenant_id, aad_object_id)
+            .await?;
+        tracing::info!(conversation_id = %created.id, tenant_id, "created a 1:1 chat with a user Herald had not heard from");
+        let reference = ConversationRef {
+            conversation_id: created.id,
+            conversation_type: Some("personal".into()),
+            service_url,
+            tenant_id: Some(tenant_id.to_owned()),
+            user_aad_object_id: Some(aad_object_id.to_owned()),
+            user_id: None,
+            bot_id: Some(self.bot_id.clone()),
+            team_id: None,
+            channel_id: None,
+            last_seen: OffsetDateTime::now_utc(),
+            removed_reason: None,
+        };
+        let recorded = RecordedActivity {
+            reference: reference.clone(),
+            effect: ActivityEffect::Refresh,
+        };
+        self.conversations.record(&recorded).await?;
+        Ok(reference)
     }
 
     /// The tenant's most recent serviceUrl, else the cloud's default.

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 pub const MAX_ACTIVITY_BYTES: usize = 28_000;
 
 /// A notification job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     pub id: String,
@@ -33,7 +33,7 @@ pub struct Job {
 }
 
 /// Who receives the message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Target {
     /// The user's personal conversation with the bot.
@@ -44,14 +44,14 @@ pub enum Target {
     Channel(ChannelTarget),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserTarget {
     pub tenant_id: String,
     pub aad_object_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationTarget {
     pub id: String,
@@ -61,7 +61,7 @@ pub struct ConversationTarget {
     pub service_url: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelTarget {
     pub tenant_id: String,
@@ -80,7 +80,7 @@ impl Target {
 }
 
 /// A Bot Framework message activity's content.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,15 +89,17 @@ pub struct Message {
     pub text_format: Option<TextFormat>,
     /// Adaptive Cards and other attachments, passed to Teams as given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
     pub attachments: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
     /// Mentions and other entities, passed to Teams as given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
     pub entities: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TextFormat {
     Plain,
@@ -118,6 +120,45 @@ impl Message {
         let mut activity = serde_json::to_value(self).unwrap_or_else(|_| serde_json::json!({}));
         activity["type"] = "message".into();
         activity
+    }
+}
+
+/// A change to a message already delivered (`DELETE`/`PATCH` on `/v1/notifications/{id}`).
+///
+/// Internal: it travels through `{ns}.jobs` like a job, so it is paced and retried like a
+/// send, marked by the `x-herald-op` header; other services never publish it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    /// The job whose message changes.
+    pub id: String,
+    /// The new content, for an edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Message>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// PUT the activity with new content.
+    Update,
+    /// DELETE the activity.
+    Delete,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Update => "update",
+            ChangeKind::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "update" => Some(ChangeKind::Update),
+            "delete" => Some(ChangeKind::Delete),
+            _ => None,
+        }
     }
 }
 
@@ -186,6 +227,19 @@ impl Job {
             return invalid("expiresAt", "must be after deliverAt");
         }
         Ok(())
+    }
+
+    /// A digest of what the job asks for (everything but its id), to tell a repeated request
+    /// from a different one reusing the same id or idempotency key.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let content = serde_json::json!({
+            "to": self.to, "message": self.message,
+            "deliverAt": self.deliver_at.map(|t| t.unix_timestamp_nanos().to_string()),
+            "expiresAt": self.expires_at.map(|t| t.unix_timestamp_nanos().to_string()),
+        });
+        let digest = Sha256::digest(content.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// When the job is due: `deliverAt`, or now.

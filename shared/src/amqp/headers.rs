@@ -10,6 +10,8 @@ pub const ATTEMPTS: &str = "x-herald-attempts";
 /// Unix milliseconds before which the job must not be sent (retry backoff; `deliverAt` is in
 /// the body). Lets the dispatcher wait out the sub-second rest of a delay.
 pub const NOT_BEFORE: &str = "x-herald-not-before";
+/// Marks a change to a delivered message (`update` or `delete`); absent on jobs.
+pub const OPERATION: &str = "x-herald-op";
 /// Why a message was dead-lettered, and where from.
 pub const DEAD_REASON: &str = "x-herald-reason";
 pub const DEAD_AT: &str = "x-herald-dead-at";

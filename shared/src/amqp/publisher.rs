@@ -113,6 +113,25 @@ impl Publisher {
         }
     }
 
+    /// Queues a change to a delivered message; it goes through the dispatch queue like a job.
+    pub async fn publish_change(
+        &self,
+        change: &crate::job::Change,
+        kind: crate::job::ChangeKind,
+        mut headers: FieldTable,
+    ) -> Result<(), PublishError> {
+        headers::set_text(&mut headers, headers::OPERATION, kind.as_str());
+        let body = serde_json::to_vec(change).expect("a change always serializes");
+        let message_id = format!(
+            "{}:{}:{}",
+            change.id,
+            kind.as_str(),
+            uuid::Uuid::new_v4().simple()
+        );
+        self.publish_job(&message_id, &body, Duration::ZERO, headers)
+            .await
+    }
+
     /// Moves a message to the dead-letter queue with the reason in its headers.
     pub async fn dead_letter(
         &self,

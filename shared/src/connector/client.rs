@@ -33,6 +33,16 @@ struct ResourceResponse {
     id: Option<String>,
 }
 
+/// What Teams answered to a conversation creation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedConversation {
+    pub id: String,
+    /// The first message's id, when the conversation was created with one (a channel thread).
+    #[serde(default)]
+    pub activity_id: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct BotConnector {
     http: reqwest::Client,
@@ -93,6 +103,110 @@ impl BotConnector {
         })
     }
 
+    /// `POST {serviceUrl}/v3/conversations` for a 1:1 chat between the bot and a user.
+    pub async fn create_personal_conversation(
+        &self,
+        service_url: &str,
+        bot_id: &str,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<CreatedConversation, ConnectorError> {
+        let body = serde_json::json!({
+            "isGroup": false,
+            "bot": {"id": bot_id},
+            "members": [{"id": user_id}],
+            "tenantId": tenant_id,
+            "channelData": {"tenant": {"id": tenant_id}},
+        });
+        self.create_conversation(service_url, &body, None).await
+    }
+
+    /// `POST {serviceUrl}/v3/conversations` starting a thread in a channel with `activity`.
+    pub async fn create_channel_thread(
+        &self,
+        service_url: &str,
+        tenant_id: &str,
+        channel_id: &str,
+        activity: &serde_json::Value,
+        traceparent: Option<&str>,
+    ) -> Result<CreatedConversation, ConnectorError> {
+        let body = serde_json::json!({
+            "isGroup": true,
+            "channelData": {"channel": {"id": channel_id}, "tenant": {"id": tenant_id}},
+            "tenantId": tenant_id,
+            "activity": activity,
+        });
+        self.create_conversation(service_url, &body, traceparent)
+            .await
+    }
+
+    async fn create_conversation(
+        &self,
+        service_url: &str,
+        body: &serde_json::Value,
+        traceparent: Option<&str>,
+    ) -> Result<CreatedConversation, ConnectorError> {
+        let url = format!("{}/v3/conversations", service_url.trim_end_matches('/'));
+        let text = self
+            .call(
+                reqwest::Method::POST,
+                service_url,
+                &url,
+                Some(body),
+                traceparent,
+            )
+            .await?;
+        serde_json::from_str(&text).map_err(|e| ConnectorError::Teams {
+            status: 200,
+            code: None,
+            message: format!("the created conversation has no id: {e}"),
+            retry_after: None,
+        })
+    }
+
+    /// `PUT {serviceUrl}/v3/conversations/{id}/activities/{activityId}`: edits a sent message.
+    pub async fn update_activity(
+        &self,
+        service_url: &str,
+        conversation_id: &str,
+        activity_id: &str,
+        activity: &serde_json::Value,
+        traceparent: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        let url = activity_url(service_url, conversation_id, activity_id);
+        let mut activity = activity.clone();
+        activity["id"] = activity_id.into();
+        self.call(
+            reqwest::Method::PUT,
+            service_url,
+            &url,
+            Some(&activity),
+            traceparent,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `DELETE {serviceUrl}/v3/conversations/{id}/activities/{activityId}`: deletes a sent message.
+    pub async fn delete_activity(
+        &self,
+        service_url: &str,
+        conversation_id: &str,
+        activity_id: &str,
+        traceparent: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        let url = activity_url(service_url, conversation_id, activity_id);
+        self.call(
+            reqwest::Method::DELETE,
+            service_url,
+            &url,
+            None,
+            traceparent,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Makes one authenticated call; the allowlist is checked before a token is even fetched.
     async fn call(
         &self,
@@ -139,6 +253,15 @@ impl BotConnector {
             retry_after,
         })
     }
+}
+
+fn activity_url(service_url: &str, conversation_id: &str, activity_id: &str) -> String {
+    format!(
+        "{}/v3/conversations/{}/activities/{}",
+        service_url.trim_end_matches('/'),
+        utf8_percent_encode(conversation_id, PATH_SEGMENT),
+        utf8_percent_encode(activity_id, PATH_SEGMENT)
+    )
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ mod error;
 mod token;
 
 pub use self::{
-    client::{BotConnector, SentActivity},
+    client::{BotConnector, CreatedConversation, SentActivity},
     error::{ConnectorError, ErrorClass},
     token::{TokenError, TokenSource},
 };

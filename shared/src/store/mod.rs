@@ -14,7 +14,7 @@ pub use self::{
     conversation::{
         ActivityEffect, ConversationRef, ConversationStore, InstallState, RecordedActivity,
     },
-    status::{BeginSend, JobStatus, Outcome, StatusRecord, StatusStore},
+    status::{BeginSend, Cancel, JobStatus, Outcome, StatusRecord, StatusStore},
 };
 use crate::config::{Namespace, SecretUrl};
 

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::{Redis, StoreError, parse_rfc3339, rfc3339, unix_ms};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Due later (first delivery, or a retry after a transient failure).
@@ -74,13 +74,14 @@ impl fmt::Display for JobStatus {
 }
 
 /// A job's status record, as `GET /v1/notifications/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusRecord {
     pub id: String,
     pub status: JobStatus,
     /// Calls made to Teams for this job.
     pub attempts: u32,
+    #[schema(value_type = Object)]
     pub to: serde_json::Value,
     pub conversation_id: Option<String>,
     pub activity_id: Option<String>,
@@ -94,6 +95,12 @@ pub struct StatusRecord {
     /// Whether the job is known to be in the broker (its publish was confirmed).
     #[serde(skip)]
     pub published: bool,
+    /// [`Job::content_hash`](crate::job::Job::content_hash) of the request that created it.
+    #[serde(skip)]
+    pub content_hash: Option<String>,
+    /// Where the message was delivered, for later edits and deletions.
+    #[serde(skip)]
+    pub service_url: Option<String>,
 }
 
 impl StatusRecord {
@@ -121,6 +128,8 @@ impl StatusRecord {
             updated_at: now,
             last_error: None,
             published: false,
+            content_hash: None,
+            service_url: None,
         }
     }
 
@@ -136,6 +145,9 @@ impl StatusRecord {
         ];
         if let Some(at) = self.deliver_at {
             fields.push(("deliverAt", rfc3339(at)));
+        }
+        if let Some(hash) = &self.content_hash {
+            fields.push(("contentHash", hash.clone()));
         }
         fields
     }
@@ -169,6 +181,8 @@ impl StatusRecord {
             conversation_id: h.remove("conversationId"),
             activity_id: h.remove("activityId"),
             last_error: h.remove("lastError"),
+            content_hash: h.remove("contentHash"),
+            service_url: h.remove("serviceUrl"),
         })
     }
 }
@@ -192,6 +206,7 @@ pub enum BeginSend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Delivered {
+        service_url: String,
         conversation_id: String,
         activity_id: Option<String>,
     },
@@ -261,6 +276,40 @@ end
 if redis.call('HGET', key, 'leaseOwner') == owner then redis.call('HDEL', key, 'leaseOwner', 'leaseUntil') end
 redis.call('PEXPIRE', key, ARGV[4])
 return new
+"#;
+
+/// What a cancellation found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancel {
+    /// It had not been sent: now `cancelled`, and it never will be.
+    Cancelled(StatusRecord),
+    /// It was cancelled already (a repeated request).
+    AlreadyCancelled(StatusRecord),
+    /// It reached Teams; cancelling now means deleting the message there.
+    Delivered(StatusRecord),
+    /// A dispatcher is sending it right now.
+    Sending(StatusRecord),
+    /// It ended `failed` or `expired`: nothing to cancel.
+    Ended(StatusRecord),
+}
+
+/// Cancels a job not yet sent. Answers the status found (before any change) and the record.
+const CANCEL: &str = r#"
+local key = KEYS[1]
+local status = redis.call('HGET', key, 'status')
+if not status then return {} end
+if status == 'scheduled' or status == 'queued' then
+  redis.call('HSET', key, 'status', 'cancelled', 'updatedAt', ARGV[1])
+end
+return {status, redis.call('HGETALL', key)}
+"#;
+
+/// A delivered message was deleted in Teams: the job ends `cancelled`.
+const RETRACTED: &str = r#"
+if redis.call('HGET', KEYS[1], 'status') ~= 'delivered' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updatedAt', ARGV[1])
+redis.call('HDEL', KEYS[1], 'lastError')
+return 1
 "#;
 
 #[derive(Debug, Clone)]
@@ -386,6 +435,78 @@ impl StatusStore {
         }
     }
 
+    /// Cancels the job if it has not been sent; `None` if there is no such job.
+    pub async fn cancel(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Cancel>, StoreError> {
+        let key = self.key(id);
+        let reply: redis::Value = redis::cmd("EVAL")
+            .arg(CANCEL)
+            .arg(1)
+            .arg(&key)
+            .arg(rfc3339(now))
+            .query_async(&mut self.redis.conn())
+            .await?;
+        let malformed = |reason: &str| StoreError::Malformed {
+            key: key.clone(),
+            reason: reason.to_owned(),
+        };
+        let redis::Value::Array(parts) = reply else {
+            return Err(malformed("cancel answered something odd"));
+        };
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let found: String =
+            redis::from_redis_value(parts[0].clone()).map_err(|_| malformed("no status"))?;
+        let hash: HashMap<String, String> = parts
+            .get(1)
+            .and_then(|v| redis::from_redis_value(v.clone()).ok())
+            .ok_or_else(|| malformed("no record"))?;
+        let record = StatusRecord::from_hash(&key, hash)?;
+        Ok(Some(
+            match found.parse().map_err(|e: String| malformed(&e))? {
+                JobStatus::Scheduled | JobStatus::Queued => Cancel::Cancelled(record),
+                JobStatus::Cancelled => Cancel::AlreadyCancelled(record),
+                JobStatus::Delivered => Cancel::Delivered(record),
+                JobStatus::Sending => Cancel::Sending(record),
+                JobStatus::Failed | JobStatus::Expired => Cancel::Ended(record),
+            },
+        ))
+    }
+
+    /// The delivered message was deleted in Teams; the job ends `cancelled`.
+    pub async fn mark_retracted(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let done: u8 = redis::cmd("EVAL")
+            .arg(RETRACTED)
+            .arg(1)
+            .arg(self.key(id))
+            .arg(rfc3339(now))
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Notes the result of an edit or deletion of the delivered message (`None`: it worked).
+    pub async fn note_change(
+        &self,
+        id: &str,
+        error: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let key = self.key(id);
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, "updatedAt", rfc3339(now)).ignore();
+        match error {
+            Some(reason) => pipe.hset(&key, "lastError", reason).ignore(),
+            None => pipe.hdel(&key, "lastError").ignore(),
+        };
+        pipe.query_async::<()>(&mut self.redis.conn()).await?;
+        Ok(())
+    }
+
     /// Records how a handling ended and releases `owner`'s lease; returns the status now stored.
     pub async fn finish(
         &self,
@@ -397,11 +518,13 @@ impl StatusStore {
     ) -> Result<JobStatus, StoreError> {
         let (status, fields): (JobStatus, Vec<(&str, String)>) = match outcome {
             Outcome::Delivered {
+                service_url,
                 conversation_id,
                 activity_id,
             } => (
                 JobStatus::Delivered,
                 vec![
+                    ("serviceUrl", service_url.clone()),
                     ("conversationId", conversation_id.clone()),
                     ("activityId", activity_id.clone().unwrap_or_default()),
                     ("lastError", String::new()),
