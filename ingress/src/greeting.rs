@@ -10,15 +10,14 @@
 use std::time::Duration;
 
 use herald_shared::{
-    amqp::{Publisher, headers},
+    amqp::PublishError,
     job::{Job, Message, Target, UserTarget},
-    store::{ConversationRef, InstallState, StatusRecord, StatusStore, StoreError},
+    store::{ConversationRef, InstallState, StoreError},
 };
-use lapin::types::FieldTable;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use herald_shared::amqp::PublishError;
+use crate::enqueue::{Enqueuer, SubmitError};
 
 /// Names Herald's own job ids (UUID v5 over namespace, conversation, install, kind).
 const JOB_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6865_7261_6c64_4a6f_6273_0000_0000_0001);
@@ -48,8 +47,7 @@ pub enum GreetingError {
 #[derive(Debug, Clone)]
 pub struct Greeter {
     pub namespace: String,
-    pub statuses: StatusStore,
-    pub publisher: Publisher,
+    pub enqueuer: Enqueuer,
     pub welcome_text: String,
     pub reminder_text: String,
     pub reminder_delay: Duration,
@@ -94,40 +92,15 @@ impl Greeter {
                 deliver_at,
                 expires_at: None,
             };
-            self.ensure_queued(job, traceparent, now).await?;
-        }
-        Ok(())
-    }
-
-    async fn ensure_queued(
-        &self,
-        mut job: Job,
-        traceparent: Option<&str>,
-        now: OffsetDateTime,
-    ) -> Result<(), GreetingError> {
-        let to = serde_json::to_value(&job.to).unwrap_or_default();
-        let record = StatusRecord::new(&job.id, to, job.deliver_at, now);
-        if let Err(existing) = self.statuses.create(&record).await? {
-            if existing.published {
-                return Ok(());
+            match self.enqueuer.submit(job, traceparent, now).await {
+                Ok(_) => {}
+                Err(SubmitError::Store(e)) => return Err(e.into()),
+                Err(SubmitError::Publish(e)) => return Err(e.into()),
+                // The same install names the same job with the same content; a conflict would
+                // mean the configured texts changed in between, and the first version stands.
+                Err(SubmitError::Conflict(_)) => {}
             }
-            // An earlier activity created the record but could not publish: keep its due time.
-            job.deliver_at = existing.deliver_at;
         }
-        let body = serde_json::to_vec(&job).expect("a job always serializes");
-        let delay = job
-            .deliver_at
-            .map(|at| Duration::try_from(at - now).unwrap_or_default())
-            .unwrap_or_default();
-        let mut amqp_headers = FieldTable::default();
-        if let Some(traceparent) = traceparent {
-            headers::set_text(&mut amqp_headers, headers::TRACEPARENT, traceparent);
-        }
-        self.publisher
-            .publish_job(&job.id, &body, delay, amqp_headers)
-            .await?;
-        self.statuses.mark_published(&[&job.id]).await?;
-        tracing::info!(job_id = %job.id, deliver_at = ?job.deliver_at, "queued an install greeting");
         Ok(())
     }
 }

@@ -1,15 +1,19 @@
-//! The ingress service: receives Teams activities, stores conversation references in Redis
-//! and queues jobs in RabbitMQ.
+//! The ingress service: receives Teams activities, stores conversation references in Redis,
+//! and queues jobs in RabbitMQ, its own and those other services send through `/v1`.
 //!
 //! # Layout
 //! - [`bot`]: `POST /api/messages`: token validation ([`bot::auth`]), reading activities
 //!   ([`bot::activity`]) and recording them.
+//! - [`api`]: `/v1`, the HTTP API other services use, and its OpenAPI document.
+//! - [`enqueue`]: submitting a job (status record, then confirmed publish), idempotently.
 //! - [`greeting`]: the welcome and reminder queued on install, once per install.
 //! - [`problem`]: the `application/problem+json` error format.
 //! - This file: wiring. [`Ingress::build`] connects everything and binds nothing itself (the
 //!   caller passes listeners, port 0 in tests); [`Ingress::run`] serves until shutdown.
 
+pub mod api;
 pub mod bot;
+pub mod enqueue;
 pub mod greeting;
 pub mod problem;
 
@@ -27,7 +31,9 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    api::Api,
     bot::{BotEndpoint, auth::BotAuthenticator},
+    enqueue::Enqueuer,
     greeting::Greeter,
 };
 
@@ -68,6 +74,10 @@ impl Ingress {
             &tracker,
         )?;
         let http_client = herald_shared::http_client();
+        let enqueuer = Enqueuer {
+            statuses: StatusStore::new(redis.clone(), common.status_ttl),
+            publisher: Publisher::new(broker.clone()),
+        };
         let bot = Arc::new(BotEndpoint {
             authenticator: BotAuthenticator::new(
                 http_client,
@@ -79,8 +89,7 @@ impl Ingress {
             conversations: ConversationStore::new(redis.clone()),
             greeter: Greeter {
                 namespace: common.namespace.to_string(),
-                statuses: StatusStore::new(redis.clone(), common.status_ttl),
-                publisher: Publisher::new(broker.clone()),
+                enqueuer: enqueuer.clone(),
                 welcome_text: config.welcome_text.clone(),
                 reminder_text: config.reminder_text.clone(),
                 reminder_delay: config.reminder_delay,
@@ -91,10 +100,16 @@ impl Ingress {
             let stop = broker_stop.clone();
             async move { bot.authenticator.keep_fresh(stop).await }
         });
+        let api = Arc::new(Api {
+            namespace: common.namespace.to_string(),
+            enqueuer,
+            config: Arc::new(config.clone()),
+        });
         let router = Router::new()
             .route("/api/messages", post(bot::receive_activity))
             .layer(DefaultBodyLimit::max(MAX_ACTIVITY_BODY))
-            .with_state(bot);
+            .with_state(bot)
+            .merge(api::router(api));
         Ok(Self {
             http_addr: http.local_addr()?,
             admin_addr: admin.local_addr()?,

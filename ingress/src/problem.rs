@@ -6,12 +6,18 @@ use axum::{
 };
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize)]
+/// An error: `application/problem+json` (RFC 9457).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"type": "about:blank", "title": "Bad Request", "status": 400,
+    "detail": "to.user.tenantId: is empty"}))]
 pub struct Problem {
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub kind: &'static str,
+    #[schema(value_type = String)]
     pub title: &'static str,
     pub status: u16,
+    /// What was wrong, naming the field where there is one.
     pub detail: String,
 }
 
@@ -35,6 +41,22 @@ impl Problem {
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "Forbidden", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Not Found", detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", detail)
+    }
+
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Unprocessable Content",
+            detail,
+        )
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {

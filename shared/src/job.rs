@@ -108,6 +108,26 @@ pub enum TextFormat {
 }
 
 impl Message {
+    /// Content present (text or attachments), and small enough for Teams.
+    pub fn validate(&self) -> Result<(), JobError> {
+        let invalid = |reason: String| {
+            Err(JobError::Invalid {
+                field: "message",
+                reason,
+            })
+        };
+        if self.text.as_deref().is_none_or(str::is_empty) && self.attachments.is_empty() {
+            return invalid("needs text or attachments".into());
+        }
+        let size = self.to_activity().to_string().len();
+        if size > MAX_ACTIVITY_BYTES {
+            return invalid(format!(
+                "is {size} bytes; Teams accepts at most {MAX_ACTIVITY_BYTES}"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn text(text: impl Into<String>) -> Self {
         Self {
             text: Some(text.into()),
@@ -210,17 +230,7 @@ impl Job {
             }
             _ => {}
         }
-        let m = &self.message;
-        if m.text.as_deref().is_none_or(str::is_empty) && m.attachments.is_empty() {
-            return invalid("message", "needs text or attachments");
-        }
-        let size = self.message.to_activity().to_string().len();
-        if size > MAX_ACTIVITY_BYTES {
-            return invalid(
-                "message",
-                &format!("is {size} bytes; Teams accepts at most {MAX_ACTIVITY_BYTES}"),
-            );
-        }
+        self.message.validate()?;
         if let (Some(deliver), Some(expires)) = (self.deliver_at, self.expires_at)
             && expires <= deliver
         {

@@ -21,6 +21,8 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The `/v1` key test stacks accept.
+pub const API_KEY: &str = "test-api-key";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Logs to the test output when `RUST_LOG` is set (`RUST_LOG=info cargo test -- --nocapture`).
@@ -184,6 +186,15 @@ impl TestStack {
         self.dispatcher_admin_url = Some(admin);
     }
 
+    /// A `/v1` client with the stack's API key.
+    pub fn api(&self) -> ApiClient {
+        ApiClient {
+            http: self.http.clone(),
+            base: format!("{}/v1", self.ingress_url),
+            key: Some(API_KEY.to_owned()),
+        }
+    }
+
     pub async fn status(&self, job_id: &str) -> Option<StatusRecord> {
         self.statuses.get(job_id).await.expect("redis answers")
     }
@@ -218,6 +229,108 @@ impl Drop for TestStack {
     }
 }
 
+/// Calls `/v1` as another service would; every answer is (status, JSON body).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    pub key: Option<String>,
+}
+
+impl ApiClient {
+    pub fn without_key(mut self) -> Self {
+        self.key = None;
+        self
+    }
+
+    pub fn with_key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_owned());
+        self
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let request = match &self.key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        };
+        let response = request.send().await.expect("the ingress answers");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        let text = response.text().await.unwrap_or_default();
+        if status >= 400 {
+            assert_eq!(
+                content_type.as_deref(),
+                Some("application/problem+json"),
+                "{status}: {text}"
+            );
+        }
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    pub async fn create(
+        &self,
+        body: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/notifications", self.base))
+            .json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.send(request).await
+    }
+
+    /// Posts a raw body (for malformed-input tests).
+    pub async fn create_raw(&self, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+        let request = self
+            .http
+            .post(format!("{}/notifications", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        self.send(request).await
+    }
+
+    pub async fn get(&self, id: &str) -> (u16, serde_json::Value) {
+        self.send(self.http.get(format!("{}/notifications/{id}", self.base)))
+            .await
+    }
+
+    pub async fn delete(&self, id: &str) -> (u16, serde_json::Value) {
+        self.send(
+            self.http
+                .delete(format!("{}/notifications/{id}", self.base)),
+        )
+        .await
+    }
+
+    pub async fn patch(&self, id: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(
+            self.http
+                .patch(format!("{}/notifications/{id}", self.base))
+                .json(body),
+        )
+        .await
+    }
+
+    /// Waits until the job's status is `status`; returns its record.
+    pub async fn wait_for_status(&self, id: &str, status: &str) -> serde_json::Value {
+        let what = format!("job {id} to be {status}");
+        wait_until(&what, Duration::from_secs(20), || async {
+            self.get(id).await.1["status"] == status
+        })
+        .await;
+        self.get(id).await.1
+    }
+}
+
 /// The configuration of services pointed at `emulator` in `namespace`.
 pub fn service_env(namespace: &str, emulator: &Emulator) -> Env {
     let config = EmulatorConfig::default();
@@ -240,6 +353,7 @@ pub fn service_env(namespace: &str, emulator: &Emulator) -> Env {
         ("HERALD_SEND_TIMEOUT", "2s".to_owned()),
         ("HERALD_SHUTDOWN_GRACE", "5s".to_owned()),
         ("HERALD_PREFETCH", "32".to_owned()),
+        ("HERALD_API_KEYS", format!("other-key,{API_KEY}")),
     ])
 }
 

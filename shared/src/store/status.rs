@@ -194,7 +194,7 @@ pub enum BeginSend {
     /// lapsed mid-send (it crashed): the message may already have reached Teams once.
     Claimed {
         took_over: bool,
-        record: StatusRecord,
+        record: Box<StatusRecord>,
     },
     /// Another copy of this job holds a live lease; look again after this long.
     Busy { retry_in: Duration },
@@ -428,7 +428,7 @@ impl StatusStore {
                     .ok_or_else(|| malformed("no record"))?;
                 Ok(BeginSend::Claimed {
                     took_over,
-                    record: StatusRecord::from_hash(&key, hash)?,
+                    record: Box::new(StatusRecord::from_hash(&key, hash)?),
                 })
             }
             _ => Err(malformed("unknown begin_send answer")),

@@ -1,0 +1,53 @@
+//! A JSON body extractor whose rejections are problem documents naming the field, instead of
+//! axum's plain-text messages.
+
+use axum::{
+    extract::{FromRequest, Request, rejection::JsonRejection},
+    http::StatusCode,
+};
+use serde::de::DeserializeOwned;
+
+use crate::problem::Problem;
+
+/// `Json<T>` with the API's own error format.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(problem(rejection)),
+        }
+    }
+}
+
+fn problem(rejection: JsonRejection) -> Problem {
+    let status = rejection.status();
+    let title = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "Content Too Large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported Media Type",
+        _ => "Bad Request",
+    };
+    // axum's text reads "Failed to deserialize the JSON body into the target type: to.user:
+    // missing field `tenantId` at line 1 column 30"; the part after the prefix names the field.
+    let text = rejection.body_text();
+    let detail = text
+        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+        .unwrap_or(&text)
+        .to_owned();
+    // A data error is a well-formed body with the wrong content: 400 all the same, one status
+    // for "fix your request".
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    Problem::new(status, title, detail)
+}

@@ -1,0 +1,94 @@
+//! Submitting a job: its status record first, then the confirmed publish, so that every job
+//! in the broker has a record, and a submission repeated after a failure (a 503, Teams' retry,
+//! a caller's retry with the same id or idempotency key) publishes the job at most once more
+//! and never creates a second one.
+
+use std::time::Duration;
+
+use herald_shared::{
+    amqp::{PublishError, Publisher, headers},
+    job::Job,
+    store::{StatusRecord, StatusStore, StoreError},
+};
+use lapin::types::FieldTable;
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the job's status could not be stored: {0}")]
+    Store(#[from] StoreError),
+    #[error("the job could not be queued: {0}")]
+    Publish(#[from] PublishError),
+    /// The id (or idempotency key) names a job that asked for something else.
+    #[error("job {} exists with different content", .0.id)]
+    Conflict(Box<StatusRecord>),
+}
+
+/// The job as it stands after a submission.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub record: StatusRecord,
+    /// False when the submission repeated an earlier one.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Enqueuer {
+    pub statuses: StatusStore,
+    pub publisher: Publisher,
+}
+
+impl Enqueuer {
+    pub async fn submit(
+        &self,
+        mut job: Job,
+        traceparent: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Submitted, SubmitError> {
+        let to = serde_json::to_value(&job.to).unwrap_or_default();
+        let content_hash = job.content_hash();
+        let mut record = StatusRecord {
+            content_hash: Some(content_hash.clone()),
+            ..StatusRecord::new(&job.id, to, job.deliver_at, now)
+        };
+        let created = match self.statuses.create(&record).await? {
+            Ok(()) => true,
+            Err(existing) => {
+                if existing
+                    .content_hash
+                    .as_ref()
+                    .is_some_and(|h| *h != content_hash)
+                {
+                    return Err(SubmitError::Conflict(Box::new(existing)));
+                }
+                if existing.published {
+                    return Ok(Submitted {
+                        record: existing,
+                        created: false,
+                    });
+                }
+                // An earlier submission stored the record but could not publish: finish it,
+                // keeping its due time.
+                job.deliver_at = existing.deliver_at;
+                record = existing;
+                false
+            }
+        };
+        let body = serde_json::to_vec(&job).expect("a job always serializes");
+        let delay = job
+            .deliver_at
+            .map(|at| Duration::try_from(at - now).unwrap_or_default())
+            .unwrap_or_default();
+        let mut amqp_headers = FieldTable::default();
+        if let Some(traceparent) = traceparent {
+            headers::set_text(&mut amqp_headers, headers::TRACEPARENT, traceparent);
+        }
+        self.publisher
+            .publish_job(&job.id, &body, delay, amqp_headers)
+            .await?;
+        self.statuses.mark_published(&[&job.id]).await?;
+        record.published = true;
+        tracing::info!(job_id = %job.id, deliver_at = ?job.deliver_at, "job queued");
+        Ok(Submitted { record, created })
+    }
+}
