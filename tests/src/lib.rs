@@ -441,6 +441,25 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The repository's root.
+pub fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python with the example's client installed (`scripts/test` makes it), else `python3`.
+pub fn python() -> PathBuf {
+    let venv = repository()
+        .join("target")
+        .join("python")
+        .join("bin")
+        .join("python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 /// Deletes a namespace's queues, exchanges and Redis keys when dropped, panicking test or not.
 #[derive(Debug)]
 pub struct NamespaceGuard {

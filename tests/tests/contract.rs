@@ -1,0 +1,189 @@
+//! The AMQP contract other services publish to: the JSON Schema in `schemas/` and the Rust
+//! types agree both ways, and a service in another language (Python, pika) publishes a job
+//! that Herald delivers.
+
+use std::time::Duration;
+
+use herald_emulator::TeamsUser;
+use herald_shared::job::{
+    ChannelTarget, ConversationTarget, Job, Message, Target, TextFormat, UserTarget,
+};
+use herald_tests::{StackOptions, TestStack, python, repository};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+fn schema() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(repository().join("schemas/notification.v1.json")).unwrap();
+    let schema: Value = serde_json::from_str(&text).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("the schema is a valid JSON Schema")
+}
+
+fn schema_errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+    validator
+        .iter_errors(instance)
+        .map(|e| e.to_string())
+        .collect()
+}
+
+#[test]
+fn every_example_in_the_repository_is_schema_valid_and_a_job() {
+    let validator = schema();
+    let examples = std::fs::read_dir(repository().join("schemas/examples")).unwrap();
+    let mut seen = 0;
+    for entry in examples {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let instance: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            schema_errors(&validator, &instance).is_empty(),
+            "{}: {:?}",
+            path.display(),
+            schema_errors(&validator, &instance)
+        );
+        Job::from_slice(text.as_bytes()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen += 1;
+    }
+    assert!(seen >= 3);
+}
+
+#[test]
+fn jobs_herald_writes_are_schema_valid() {
+    let validator = schema();
+    let now = OffsetDateTime::now_utc();
+    let targets = [
+        Target::User(UserTarget {
+            tenant_id: "t".into(),
+            aad_object_id: "u".into(),
+        }),
+        Target::Conversation(ConversationTarget {
+            id: "a:1".into(),
+            tenant_id: None,
+            service_url: None,
+        }),
+        Target::Conversation(ConversationTarget {
+            id: "19:x@thread.tacv2;messageid=1".into(),
+            tenant_id: Some("t".into()),
+            service_url: Some("https://smba.trafficmanager.net/amer/t/".into()),
+        }),
+        Target::Channel(ChannelTarget {
+            tenant_id: "t".into(),
+            team_id: "19:t".into(),
+            channel_id: "19:c".into(),
+        }),
+    ];
+    let messages = [
+        Message::text("plain"),
+        Message {
+            text: Some("**md**".into()),
+            text_format: Some(TextFormat::Markdown),
+            attachments: vec![
+                json!({"contentType": "application/vnd.microsoft.card.adaptive", "content": {}}),
+            ],
+            summary: Some("s".into()),
+            entities: vec![json!({"type": "mention"})],
+        },
+        Message {
+            attachments: vec![json!({"contentType": "x"})],
+            ..Message::default()
+        },
+    ];
+    for to in &targets {
+        for message in &messages {
+            for times in [
+                (None, None),
+                (Some(now), Some(now + Duration::from_secs(60))),
+            ] {
+                let job = Job {
+                    id: "job-1".into(),
+                    to: to.clone(),
+                    message: message.clone(),
+                    deliver_at: times.0,
+                    expires_at: times.1,
+                };
+                let instance = serde_json::to_value(&job).unwrap();
+                assert!(
+                    schema_errors(&validator, &instance).is_empty(),
+                    "{instance}: {:?}",
+                    schema_errors(&validator, &instance)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn what_the_schema_refuses_herald_refuses_too() {
+    let validator = schema();
+    let user = json!({"user": {"tenantId": "t", "aadObjectId": "u"}});
+    let invalid = [
+        json!({"to": user, "message": {"text": "no id"}}),
+        json!({"id": "", "to": user, "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"pigeon": {}}, "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"aadObjectId": "u"}}, "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"tenantId": "", "aadObjectId": "u"}}, "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"tenantId": "t", "aadObjectId": "u"}, "channel": {}}, "message": {"text": "x"}}),
+        json!({"id": "a", "to": user, "message": {}}),
+        json!({"id": "a", "to": user, "message": {"text": ""}}),
+        json!({"id": "a", "to": user, "message": {"text": "x", "textFormat": "html"}}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "deliverAt": "tomorrow"}),
+        json!({"id": "a", "to": {"channel": {"tenantId": "t", "teamId": "x"}}, "message": {"text": "x"}}),
+    ];
+    for instance in invalid {
+        assert!(
+            !schema_errors(&validator, &instance).is_empty(),
+            "the schema accepts {instance}"
+        );
+        assert!(
+            Job::from_slice(instance.to_string().as_bytes()).is_err(),
+            "Herald accepts {instance}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_service_publishes_a_job_that_herald_delivers() {
+    let stack = TestStack::start_with(StackOptions {
+        reminder_delay: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    let user = TeamsUser::random();
+    stack.emulator.install(&user).await.unwrap();
+    let conversation = stack.emulator.personal_conversation_id(&user);
+
+    let output = tokio::process::Command::new(python())
+        .arg(repository().join("examples/python/publish_notification.py"))
+        .args([
+            &user.tenant_id,
+            &user.aad_object_id,
+            "Hello from **Python**",
+        ])
+        .env("HERALD_AMQP_URL", herald_tests::amqp_url())
+        .env("HERALD_NAMESPACE", &stack.namespace)
+        .output()
+        .await
+        .expect("python runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the example failed (run scripts/test, which installs pika): {stderr}"
+    );
+    let job_id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+
+    let record = stack.api().wait_for_status(&job_id, "delivered").await;
+    assert_eq!(record["conversationId"], conversation);
+    let texts: Vec<_> = stack
+        .emulator
+        .activities(&conversation)
+        .into_iter()
+        .filter_map(|a| a.text)
+        .collect();
+    assert!(
+        texts.contains(&"Hello from **Python**".to_owned()),
+        "{texts:?}"
+    );
+    stack.stop().await;
+}
