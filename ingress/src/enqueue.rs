@@ -24,6 +24,16 @@ pub enum SubmitError {
     Conflict(Box<StatusRecord>),
 }
 
+/// What a submission does when the id names a job with different content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Refuse: a caller reused an id or idempotency key for another request.
+    Refuse,
+    /// Keep the first job and finish its publish if need be: the install greeting, whose
+    /// reminder time each install activity computes afresh.
+    KeepFirst,
+}
+
 /// The job as it stands after a submission.
 #[derive(Debug, Clone)]
 pub struct Submitted {
@@ -42,6 +52,7 @@ impl Enqueuer {
     pub async fn submit(
         &self,
         mut job: Job,
+        on_conflict: OnConflict,
         traceparent: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<Submitted, SubmitError> {
@@ -54,11 +65,11 @@ impl Enqueuer {
         let created = match self.statuses.create(&record).await? {
             Ok(()) => true,
             Err(existing) => {
-                if existing
+                let differs = existing
                     .content_hash
                     .as_ref()
-                    .is_some_and(|h| *h != content_hash)
-                {
+                    .is_some_and(|h| *h != content_hash);
+                if differs && on_conflict == OnConflict::Refuse {
                     return Err(SubmitError::Conflict(Box::new(existing)));
                 }
                 if existing.published {

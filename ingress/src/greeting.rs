@@ -10,14 +10,13 @@
 use std::time::Duration;
 
 use herald_shared::{
-    amqp::PublishError,
     job::{Job, Message, Target, UserTarget},
-    store::{ConversationRef, InstallState, StoreError},
+    store::{ConversationRef, InstallState},
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::enqueue::{Enqueuer, SubmitError};
+use crate::enqueue::{Enqueuer, OnConflict, SubmitError};
 
 /// Names Herald's own job ids (UUID v5 over namespace, conversation, install, kind).
 const JOB_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6865_7261_6c64_4a6f_6273_0000_0000_0001);
@@ -37,9 +36,7 @@ pub fn greeting_job_id(
 #[derive(Debug, thiserror::Error)]
 pub enum GreetingError {
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
+    Submit(#[from] SubmitError),
     #[error("the install has no user to greet (no tenant or aadObjectId)")]
     NoUser,
 }
@@ -92,14 +89,11 @@ impl Greeter {
                 deliver_at,
                 expires_at: None,
             };
-            match self.enqueuer.submit(job, traceparent, now).await {
-                Ok(_) => {}
-                Err(SubmitError::Store(e)) => return Err(e.into()),
-                Err(SubmitError::Publish(e)) => return Err(e.into()),
-                // The same install names the same job with the same content; a conflict would
-                // mean the configured texts changed in between, and the first version stands.
-                Err(SubmitError::Conflict(_)) => {}
-            }
+            // Each activity of the install computes the reminder's time afresh: the first
+            // activity's job stands, and a later one only finishes its publish if need be.
+            self.enqueuer
+                .submit(job, OnConflict::KeepFirst, traceparent, now)
+                .await?;
         }
         Ok(())
     }

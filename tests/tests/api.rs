@@ -168,6 +168,23 @@ async fn repeating_a_request_answers_the_same_job_and_sends_one_message() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_the_due_time_has_passed_still_answers_the_same_job() {
+    let stack = stack().await;
+    let (user, conversation) = installed(&stack).await;
+    let api = stack.api();
+    let body = json!({"to": to_user(&user), "message": {"text": "due soon"}, "deliverAt": at(Duration::from_secs(1))});
+    let (status, first) = api.create(&body, Some("retry-late")).await;
+    assert_eq!(status, 202, "{first}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, again) = api.create(&body, Some("retry-late")).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(first["id"], again["id"]);
+    api.wait_for_status(first["id"].as_str().unwrap(), "delivered").await;
+    assert_eq!(texts(&stack, &conversation).iter().filter(|t| *t == "due soon").count(), 1);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_with_the_field_and_the_reason_and_queues_nothing() {
     let stack = stack().await;
     let api = stack.api();

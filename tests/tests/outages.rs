@@ -119,3 +119,82 @@ async fn with_both_up_the_ingress_turns_ready() {
     assert_eq!(health.status(), 200);
     started.stop.cancel();
 }
+
+/// RabbitMQ is cut off while a user installs: the install gets 503, and when Teams delivers the
+/// install again after the broker is back, the greeting goes out: one welcome, one reminder.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_install_refused_during_an_outage_is_greeted_once_when_teams_retries() {
+    use herald_tests::{StackOptions, TestStack, proxy::Proxy};
+
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let amqp = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    let stack = TestStack::start_with(
+        StackOptions {
+            reminder_delay: Duration::from_secs(2),
+            start_dispatcher: false,
+            ..Default::default()
+        }
+        .with_env("HERALD_AMQP_URL", &amqp),
+    )
+    .await;
+    let user = TeamsUser::random();
+    let ready = format!("{}/readyz", stack.ingress_admin_url);
+
+    proxy.cut();
+    wait_until("the ingress to notice", Duration::from_secs(15), || async {
+        reqwest::get(&ready).await.is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    let (status, body) = stack
+        .emulator
+        .post_activity(&stack.emulator.install_activity(&user), TokenVariant::Valid)
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+
+    proxy.restore();
+    wait_until(
+        "the ingress to reconnect",
+        Duration::from_secs(15),
+        || async { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) },
+    )
+    .await;
+    // Teams retries; here its second activity for the same install arrives first.
+    let (status, body) = stack
+        .emulator
+        .post_activity(
+            &stack.emulator.bot_added_activity(&user),
+            TokenVariant::Valid,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = stack
+        .emulator
+        .post_activity(&stack.emulator.install_activity(&user), TokenVariant::Valid)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    let mut stack = stack;
+    stack.start_dispatcher().await;
+    let conversation = stack.emulator.personal_conversation_id(&user);
+    stack
+        .wait_for_activities(&conversation, 2, Duration::from_secs(15))
+        .await;
+    let exactly_two = herald_tests::holds_for(Duration::from_secs(3), || async {
+        stack.emulator.activities(&conversation).len() == 2
+    })
+    .await;
+    assert!(
+        exactly_two,
+        "{:?}",
+        stack
+            .emulator
+            .activities(&conversation)
+            .iter()
+            .map(|a| a.text.clone())
+            .collect::<Vec<_>>()
+    );
+    stack.stop().await;
+}

@@ -19,7 +19,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{Api, extract::ApiJson};
-use crate::{enqueue::SubmitError, problem::Problem};
+use crate::{
+    enqueue::{OnConflict, SubmitError},
+    problem::Problem,
+};
 
 /// Names jobs created from an `Idempotency-Key` (UUID v5 over namespace and key).
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6865_7261_6c64_4964_656d_0000_0000_0001);
@@ -112,8 +115,9 @@ pub async fn create(
         id,
         to: request.to,
         message: request.message,
-        // A time in the past means now.
-        deliver_at: request.deliver_at.filter(|at| *at > now),
+        // Kept as sent (a time in the past simply means now), so that a retried request
+        // hashes the same as the first.
+        deliver_at: request.deliver_at,
         expires_at: request.expires_at,
     };
     job.validate().map_err(|e| match e {
@@ -124,7 +128,11 @@ pub async fn create(
         return Err(Problem::bad_request("expiresAt: is already past"));
     }
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    match api.enqueuer.submit(job, traceparent, now).await {
+    match api
+        .enqueuer
+        .submit(job, OnConflict::Refuse, traceparent, now)
+        .await
+    {
         Ok(submitted) => {
             Ok((StatusCode::ACCEPTED, Json(accepted(&submitted.record))).into_response())
         }
