@@ -12,8 +12,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 use herald_shared::{
     amqp::{Publisher, headers},
     connector::{BotConnector, ConnectorError, ErrorClass},
-    job::{Change, ChangeKind, Job},
-    store::{BeginSend, ConversationStore, Outcome, StatusRecord, StatusStore},
+    job::{Change, ChangeKind, Job, Target},
+    store::{Admission, BeginSend, ConversationStore, Outcome, Pacer, StatusRecord, StatusStore},
 };
 use lapin::{
     message::Delivery,
@@ -33,6 +33,10 @@ use crate::{
 /// again (which work in whole seconds).
 const WAIT_HERE_AT_MOST: Duration = Duration::from_millis(1500);
 
+/// A pacing wait up to this long is slept out here. Kept short: every sleeper holds a prefetch
+/// slot, and free slots are what let a backlog cycle past other tenants' jobs.
+const PACE_HERE_AT_MOST: Duration = Duration::from_millis(250);
+
 /// Everything a delivery handler needs, shared by all of them.
 #[derive(Debug)]
 pub struct Handler {
@@ -40,6 +44,7 @@ pub struct Handler {
     pub statuses: StatusStore,
     pub conversations: ConversationStore,
     pub resolver: Resolver,
+    pub pacer: Pacer,
     pub connector: BotConnector,
     pub publisher: Publisher,
     pub retry_schedule: herald_shared::config::RetrySchedule,
@@ -52,6 +57,13 @@ pub struct Handler {
 /// The service is stopping and this delivery's work is unfinished: it goes back to the queue.
 #[derive(Debug)]
 struct Abandoned;
+
+/// Whether Teams' limits let a call go now.
+enum Paced {
+    Go,
+    /// Not for this long: too long to hold a prefetch slot, so the work goes round again.
+    Later(Duration),
+}
 
 /// What reached Teams.
 struct Sent {
@@ -159,6 +171,18 @@ impl Handler {
             }
         }
 
+        // Teams' limits, held across every replica, before anything else is spent on the job:
+        // a job over them costs one script and a publish, so a tenant's backlog cycles
+        // through the delay levels quickly and never stands in front of another tenant's job.
+        if let Paced::Later(wait) = self.pace(job.to.tenant_id(), &job.to.thread()).await? {
+            tracing::debug!(?wait, "over Teams' limits; waiting for a turn");
+            let turn = OffsetDateTime::now_utc() + wait;
+            let attempts = attempts_header(delivery);
+            return self
+                .publish_delayed(&job.id, delivery, wait, Some(turn), attempts)
+                .await;
+        }
+
         let owner = format!("{}:{}", self.instance, Uuid::new_v4());
         let now = OffsetDateTime::now_utc();
         let to = serde_json::to_value(&job.to).unwrap_or_default();
@@ -237,13 +261,7 @@ impl Handler {
                 self.finish(&job.id, &owner, outcome, 1).await
             }
             Err(error) => {
-                let conversation = match &destination {
-                    Destination::Conversation {
-                        conversation_id, ..
-                    } => Some(conversation_id.as_str()),
-                    Destination::ChannelThread { .. } => None,
-                };
-                self.failed_call(job, delivery, &owner, &record, error, conversation)
+                self.failed_call(job, delivery, &owner, &record, error, Some(&destination))
                     .await
             }
         }
@@ -260,6 +278,7 @@ impl Handler {
             Destination::Conversation {
                 service_url,
                 conversation_id,
+                ..
             } => {
                 let sent = self
                     .connector
@@ -295,7 +314,8 @@ impl Handler {
         }
     }
 
-    /// A call to Teams for this job failed: fail, mark the conversation gone, or retry.
+    /// A call to Teams for this job failed: fail, mark the conversation gone, or retry (a 429
+    /// first pauses the whole tenant, on every replica).
     async fn failed_call(
         &self,
         job: &Job,
@@ -303,8 +323,36 @@ impl Handler {
         owner: &str,
         record: &StatusRecord,
         error: ConnectorError,
-        conversation_id: Option<&str>,
+        destination: Option<&Destination>,
     ) -> Result<(), Abandoned> {
+        let conversation_id = match destination {
+            Some(Destination::Conversation {
+                conversation_id, ..
+            }) => Some(conversation_id.as_str()),
+            _ => None,
+        };
+        if let ConnectorError::Teams {
+            status: 429,
+            retry_after,
+            ..
+        } = &error
+        {
+            let tenant = destination
+                .and_then(Destination::tenant_id)
+                .or(job.to.tenant_id());
+            if let Some(tenant) = tenant {
+                let pause = retry_after.unwrap_or(Duration::from_secs(1));
+                tracing::warn!(
+                    tenant,
+                    ?pause,
+                    "Teams throttled the tenant; pausing it everywhere"
+                );
+                self.until_done("pause the tenant", || {
+                    self.pacer.pause_tenant(tenant, pause)
+                })
+                .await?;
+            }
+        }
         let reason = error.reason();
         let conversation = conversation_id.map(str::to_owned);
         match error.class() {
@@ -404,6 +452,21 @@ impl Handler {
             );
             return self.note_change(&change.id, Some(&reason)).await;
         };
+        // Edits and deletions count against Teams' limits like sends.
+        let target = serde_json::from_value::<Target>(record.to.clone()).ok();
+        let thread = target
+            .as_ref()
+            .map_or_else(|| conversation_id.clone(), Target::thread);
+        if let Paced::Later(wait) = self
+            .pace(target.as_ref().and_then(Target::tenant_id), &thread)
+            .await?
+        {
+            let turn = OffsetDateTime::now_utc() + wait;
+            let attempts = attempts_header(delivery);
+            return self
+                .publish_delayed(&change.id, delivery, wait, Some(turn), attempts)
+                .await;
+        }
         let traceparent =
             headers::text(delivery.properties.headers().as_ref(), headers::TRACEPARENT);
         let result = match (kind, &change.message) {
@@ -481,6 +544,26 @@ impl Handler {
                         self.note_change(&change.id, Some(&reason)).await
                     }
                 }
+            }
+        }
+    }
+
+    /// Asks the pacer for a turn; short waits are slept out here (holding the prefetch slot
+    /// briefly), longer ones are the caller's to send round the delay levels.
+    async fn pace(&self, tenant: Option<&str>, thread: &str) -> Result<Paced, Abandoned> {
+        loop {
+            match self
+                .until_done("pace", || self.pacer.admit(tenant, thread))
+                .await?
+            {
+                Admission::Now => return Ok(Paced::Go),
+                Admission::Wait(wait) if wait <= PACE_HERE_AT_MOST => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.abandon.cancelled() => return Err(Abandoned),
+                    }
+                }
+                Admission::Wait(wait) => return Ok(Paced::Later(wait)),
             }
         }
     }

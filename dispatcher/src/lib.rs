@@ -22,7 +22,7 @@ use herald_shared::{
     amqp::{Broker, Publisher, Topology},
     config::DispatcherConfig,
     connector::{BotConnector, TokenSource},
-    store::{ConversationStore, Redis, StatusStore},
+    store::{ConversationStore, Pacer, Redis, StatusStore},
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -76,6 +76,11 @@ impl Dispatcher {
                 bot_id: format!("28:{}", common.bot.app_id),
                 default_service_url: common.teams.default_service_url.clone(),
             },
+            pacer: Pacer::new(
+                redis.clone(),
+                config.conversation_rates.clone(),
+                config.tenant_rate.clone(),
+            ),
             connector,
             publisher: Publisher::new(broker.clone()),
             retry_schedule: config.retry_schedule.clone(),

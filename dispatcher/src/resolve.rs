@@ -16,6 +16,7 @@ pub enum Destination {
     Conversation {
         service_url: String,
         conversation_id: String,
+        tenant_id: Option<String>,
     },
     /// Start a new thread in this channel (the post creates the conversation).
     ChannelThread {
@@ -26,10 +27,11 @@ pub enum Destination {
 }
 
 impl Destination {
-    pub fn service_url(&self) -> &str {
+    /// The tenant whose rate the send counts against, when known.
+    pub fn tenant_id(&self) -> Option<&str> {
         match self {
-            Destination::Conversation { service_url, .. }
-            | Destination::ChannelThread { service_url, .. } => service_url,
+            Destination::Conversation { tenant_id, .. } => tenant_id.as_deref(),
+            Destination::ChannelThread { tenant_id, .. } => Some(tenant_id),
         }
     }
 }
@@ -86,6 +88,7 @@ impl Resolver {
                 Ok(Destination::Conversation {
                     service_url: reference.service_url,
                     conversation_id: reference.conversation_id,
+                    tenant_id: Some(user.tenant_id.clone()),
                 })
             }
             Target::Conversation(conversation) => {
@@ -95,17 +98,19 @@ impl Resolver {
                         Unreachable(format!("the conversation was removed: {reason}")).into(),
                     );
                 }
+                let tenant_id = conversation
+                    .tenant_id
+                    .clone()
+                    .or_else(|| stored.as_ref().and_then(|r| r.tenant_id.clone()));
                 let service_url = match (&conversation.service_url, stored) {
                     (Some(url), _) => url.clone(),
                     (None, Some(reference)) => reference.service_url,
-                    (None, None) => {
-                        self.tenant_service_url(conversation.tenant_id.as_deref())
-                            .await?
-                    }
+                    (None, None) => self.tenant_service_url(tenant_id.as_deref()).await?,
                 };
                 Ok(Destination::Conversation {
                     service_url,
                     conversation_id: conversation.id.clone(),
+                    tenant_id,
                 })
             }
             Target::Channel(channel) => Ok(Destination::ChannelThread {

@@ -420,6 +420,59 @@ impl Default for RetrySchedule {
     }
 }
 
+/// Send-rate limits: each `count/window` must hold in every sliding window of that length.
+/// `off` (an empty list) disables them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RateLimits(pub Vec<RateLimit>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub window: Duration,
+}
+
+impl RateLimits {
+    pub fn is_off(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for RateLimits {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim() == "off" {
+            return Ok(Self::default());
+        }
+        let limits = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|part| {
+                let (count, window) = part
+                    .split_once('/')
+                    .ok_or_else(|| format!("{part:?} is not count/window, e.g. 7/1s"))?;
+                let count: u32 = count
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{part:?}: the count is not a number"))?;
+                let window = humantime::parse_duration(window.trim())
+                    .map_err(|e| format!("{part:?}: {e}"))?;
+                if count == 0 || window < Duration::from_millis(1) {
+                    return Err(format!(
+                        "{part:?}: the count and the window must be above zero"
+                    ));
+                }
+                Ok(RateLimit { count, window })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if limits.is_empty() {
+            return Err("expected count/window pairs like 7/1s,60/30s, or off".into());
+        }
+        Ok(Self(limits))
+    }
+}
+
 /// The dispatcher service's settings.
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -435,6 +488,10 @@ pub struct DispatcherConfig {
     pub send_lease: Duration,
     /// Timeout of one Bot Connector call.
     pub send_timeout: Duration,
+    /// Per tenant, across all replicas (Teams: 50 requests per second per app per tenant).
+    pub tenant_rate: RateLimits,
+    /// Per conversation, across all replicas (Teams' per-thread limits).
+    pub conversation_rates: RateLimits,
 }
 
 impl DispatcherConfig {
@@ -449,6 +506,16 @@ impl DispatcherConfig {
             shutdown_grace: env.duration_or("HERALD_SHUTDOWN_GRACE", Duration::from_secs(25))?,
             send_lease: env.duration_or("HERALD_SEND_LEASE", Duration::from_secs(30))?,
             send_timeout: env.duration_or("HERALD_SEND_TIMEOUT", Duration::from_secs(10))?,
+            tenant_rate: env.parse_or(
+                "HERALD_TENANT_RATE",
+                "50/1s".parse().expect("the default parses"),
+            )?,
+            conversation_rates: env.parse_or(
+                "HERALD_CONVERSATION_RATES",
+                "7/1s,8/2s,60/30s,1800/1h"
+                    .parse()
+                    .expect("the default parses"),
+            )?,
         };
         if config.prefetch == 0 {
             return Err(ConfigError::new("HERALD_PREFETCH", "must be at least 1"));
@@ -553,6 +620,41 @@ mod tests {
         }
         assert!(c.api_key_matches("k-456"));
         assert!(!c.api_key_matches("k-45"));
+    }
+
+    #[test]
+    fn rate_limits_parse_and_can_be_turned_off() {
+        let d = DispatcherConfig::from_env(&base()).unwrap();
+        assert_eq!(
+            d.tenant_rate.0,
+            [RateLimit {
+                count: 50,
+                window: Duration::from_secs(1)
+            }]
+        );
+        assert_eq!(d.conversation_rates.0.len(), 4);
+        assert_eq!(
+            d.conversation_rates.0[3],
+            RateLimit {
+                count: 1800,
+                window: Duration::from_secs(3600)
+            }
+        );
+        let mut env = base();
+        env.set("HERALD_TENANT_RATE", "off")
+            .set("HERALD_CONVERSATION_RATES", "3/500ms");
+        let d = DispatcherConfig::from_env(&env).unwrap();
+        assert!(d.tenant_rate.is_off());
+        assert_eq!(d.conversation_rates.0[0].window, Duration::from_millis(500));
+        for bad in ["7", "x/1s", "7/soon", "0/1s"] {
+            let mut env = base();
+            env.set("HERALD_TENANT_RATE", bad);
+            assert_eq!(
+                DispatcherConfig::from_env(&env).unwrap_err().variable,
+                "HERALD_TENANT_RATE",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -70,6 +70,20 @@ pub struct ChannelTarget {
 }
 
 impl Target {
+    /// The thread this target's messages count against in Teams' per-thread limits, known
+    /// before any lookup: a user's personal chat is one thread per user.
+    pub fn thread(&self) -> String {
+        match self {
+            Target::User(u) => format!(
+                "user:{}:{}",
+                u.tenant_id,
+                u.aad_object_id.to_ascii_lowercase()
+            ),
+            Target::Conversation(c) => c.id.clone(),
+            Target::Channel(c) => c.channel_id.clone(),
+        }
+    }
+
     pub fn tenant_id(&self) -> Option<&str> {
         match self {
             Target::User(u) => Some(&u.tenant_id),

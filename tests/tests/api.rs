@@ -179,8 +179,15 @@ async fn a_retry_after_the_due_time_has_passed_still_answers_the_same_job() {
     let (status, again) = api.create(&body, Some("retry-late")).await;
     assert_eq!(status, 202, "{again}");
     assert_eq!(first["id"], again["id"]);
-    api.wait_for_status(first["id"].as_str().unwrap(), "delivered").await;
-    assert_eq!(texts(&stack, &conversation).iter().filter(|t| *t == "due soon").count(), 1);
+    api.wait_for_status(first["id"].as_str().unwrap(), "delivered")
+        .await;
+    assert_eq!(
+        texts(&stack, &conversation)
+            .iter()
+            .filter(|t| *t == "due soon")
+            .count(),
+        1
+    );
     stack.stop().await;
 }
 

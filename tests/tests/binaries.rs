@@ -105,12 +105,16 @@ async fn secrets_never_reach_the_logs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_work_in_flight_and_exits_zero() {
-    let mut stack = TestStack::start_with(StackOptions {
-        start_dispatcher: false,
-        rate_limits: false,
-        reminder_delay: Duration::from_secs(3600),
-        ..Default::default()
-    })
+    // Pacing off: the ten jobs go to one conversation and must all be in flight at once.
+    let mut stack = TestStack::start_with(
+        StackOptions {
+            start_dispatcher: false,
+            rate_limits: false,
+            reminder_delay: Duration::from_secs(3600),
+            ..Default::default()
+        }
+        .with_env("HERALD_CONVERSATION_RATES", "off"),
+    )
     .await;
     let user = TeamsUser::random();
     stack.emulator.install(&user).await.unwrap();

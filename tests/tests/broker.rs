@@ -114,6 +114,34 @@ async fn many_publishes_in_flight_are_each_confirmed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check: cargo test -- --ignored --nocapture"]
+async fn measure_confirmed_publish_rates() {
+    let c = connect().await;
+    for (what, delay) in [
+        ("straight to the dispatch queue", Duration::ZERO),
+        ("through the delay levels", Duration::from_secs(300)),
+    ] {
+        let started = Instant::now();
+        let publishes = (0..5000).map(|i| {
+            let publisher = c.publisher.clone();
+            async move {
+                publisher
+                    .publish_job(&format!("job-{i}"), b"{}", delay, FieldTable::default())
+                    .await
+            }
+        });
+        let results = futures_util::future::join_all(publishes).await;
+        assert!(results.iter().all(Result::is_ok));
+        let took = started.elapsed();
+        eprintln!(
+            "5000 confirmed publishes {what}: {took:?} ({:.0}/s)",
+            5000.0 / took.as_secs_f64()
+        );
+    }
+    c.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_delay_levels_hold_each_job_for_its_delay() {
     let c = connect().await;
     // 5 s = levels 2 and 0; 2 s = level 1; 0 s goes straight through.

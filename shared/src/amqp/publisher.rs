@@ -13,10 +13,7 @@ use lapin::{
     types::{FieldTable, ShortString},
 };
 
-use super::{
-    Broker, headers,
-    topology::{NOTIFICATION_ROUTING_KEY, delay_routing_key},
-};
+use super::{Broker, headers, topology::NOTIFICATION_ROUTING_KEY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -107,9 +104,8 @@ impl Publisher {
             )
             .await
         } else {
-            let key = delay_routing_key(delay, NOTIFICATION_ROUTING_KEY);
-            self.publish(&topology.delay_entry_exchange(), &key, body, properties)
-                .await
+            let (exchange, key) = topology.delay_entry(delay, NOTIFICATION_ROUTING_KEY);
+            self.publish(&exchange, &key, body, properties).await
         }
     }
 

@@ -71,9 +71,17 @@ impl Topology {
         format!("{}.delay.{level}", self.namespace)
     }
 
-    /// Where a delayed message enters the cascade.
-    pub fn delay_entry_exchange(&self) -> String {
-        self.delay_exchange(DELAY_LEVELS - 1)
+    /// Where a message delayed by `delay` enters the cascade, and its routing key: straight
+    /// at the level of the delay's highest bit. The levels above would only pass it down
+    /// (their bits are 0), and each exchange-to-exchange hop costs a topic match; entering
+    /// low makes a delayed publish several times cheaper.
+    pub fn delay_entry(&self, delay: Duration, final_key: &str) -> (String, String) {
+        let seconds = delay.as_secs().clamp(1, (1 << DELAY_LEVELS) - 1);
+        let highest_bit = 63 - seconds.leading_zeros();
+        (
+            self.delay_exchange(highest_bit),
+            delay_routing_key(delay, final_key),
+        )
     }
 
     /// Every queue, for operators and for tests that clean up after themselves.
@@ -262,6 +270,25 @@ mod tests {
         assert!(words[..DELAY_LEVELS as usize - 3].iter().all(|w| *w == "0"));
         let longest = delay_routing_key(Duration::from_secs(u64::MAX / 2), "notification");
         assert!(longest.starts_with("1.1.1.") && longest.ends_with(".1.notification"));
+    }
+
+    #[test]
+    fn a_delay_enters_at_its_highest_level() {
+        let topology = Topology::new("ns".parse().unwrap());
+        assert_eq!(
+            topology.delay_entry(Duration::from_secs(1), "n").0,
+            "ns.delay.0"
+        );
+        assert_eq!(
+            topology.delay_entry(Duration::from_secs(300), "n").0,
+            "ns.delay.8"
+        );
+        assert_eq!(
+            topology
+                .delay_entry(Duration::from_secs(u64::MAX / 4), "n")
+                .0,
+            "ns.delay.20"
+        );
     }
 
     #[test]

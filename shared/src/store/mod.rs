@@ -1,9 +1,10 @@
-//! Redis stores: conversation references and job status records.
+//! Redis stores: conversation references, job status records, and the pacing state.
 //!
-//! Every operation touches a single key (scripts included), so the stores work unchanged on a
-//! Redis Cluster. Keys are `{namespace}:{kind}:{id}`.
+//! Keys are `{namespace}:{kind}:{id}`. Every script touches a single key, or keys that share a
+//! hash tag (pacing), so that they would run unchanged on a Redis Cluster.
 
 mod conversation;
+mod pace;
 mod status;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ pub use self::{
     conversation::{
         ActivityEffect, ConversationRef, ConversationStore, InstallState, RecordedActivity,
     },
+    pace::{Admission, Pacer},
     status::{BeginSend, Cancel, JobStatus, Outcome, StatusRecord, StatusStore},
 };
 use crate::config::{Namespace, SecretUrl};

@@ -1,0 +1,241 @@
+//! Teams' limits held across replicas, so that Teams never needs to answer 429: the emulator
+//! enforces Teams' real limits and counts every 429 it sends, and the tests count the sends
+//! in every window. A 429 pauses the whole tenant, and a tenant with a backlog does not hold
+//! up another tenant's job.
+
+use std::time::{Duration, Instant};
+
+use herald_emulator::{Fault, Operation, TeamsUser};
+use herald_shared::{job::Job, store::JobStatus};
+use herald_tests::{StackOptions, TestStack, job_for, publish_jobs, wait_until};
+use time::OffsetDateTime;
+
+fn quiet_stack(options: StackOptions) -> StackOptions {
+    StackOptions {
+        reminder_delay: Duration::from_secs(3600),
+        ..options
+    }
+}
+
+async fn install(stack: &TestStack, user: &TeamsUser) -> String {
+    stack.emulator.install(user).await.unwrap();
+    let conversation = stack.emulator.personal_conversation_id(user);
+    stack
+        .wait_for_activities(&conversation, 1, Duration::from_secs(20))
+        .await;
+    conversation
+}
+
+async fn wait_all_delivered(stack: &TestStack, jobs: &[Job], within: Duration) {
+    wait_until("every job to be delivered", within, || async {
+        for job in jobs {
+            if stack
+                .status(&job.id)
+                .await
+                .is_none_or(|s| s.status != JobStatus::Delivered)
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+/// The most sends in any window of `window` among these times.
+fn busiest(times: &[OffsetDateTime], window: Duration) -> usize {
+    let mut times = times.to_vec();
+    times.sort();
+    let window = time::Duration::try_from(window).unwrap();
+    (0..times.len())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t - times[i] < window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_to_one_conversation_stays_within_teams_limits() {
+    let stack = TestStack::start_with(quiet_stack(StackOptions::default())).await;
+    let user = TeamsUser::random();
+    let conversation = install(&stack, &user).await;
+    let jobs: Vec<Job> = (0..30)
+        .map(|i| job_for(&user, &format!("burst {i}")))
+        .collect();
+    let started = Instant::now();
+    publish_jobs(&stack.namespace, &jobs.iter().collect::<Vec<_>>()).await;
+    wait_all_delivered(&stack, &jobs, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+
+    let times: Vec<_> = stack
+        .emulator
+        .activities(&conversation)
+        .into_iter()
+        .map(|a| a.received_at)
+        .collect();
+    let (per_second, per_two) = (
+        busiest(&times, Duration::from_secs(1)),
+        busiest(&times, Duration::from_secs(2)),
+    );
+    eprintln!(
+        "30 sends to one conversation took {took:?}; busiest 1 s: {per_second}, busiest 2 s: {per_two}"
+    );
+    assert_eq!(
+        stack.emulator.throttled_count(),
+        0,
+        "Teams had to answer 429"
+    );
+    assert!(
+        per_second <= 7 && per_two <= 8,
+        "limits broken: {per_second}/1s, {per_two}/2s"
+    );
+    // 31 sends at 8 per 2 s need about 7 s; pacing should not be much slower than the limit.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_is_held_to_its_rate_across_its_conversations() {
+    let stack = TestStack::start_with(
+        quiet_stack(StackOptions::default()).with_env("HERALD_TENANT_RATE", "10/1s"),
+    )
+    .await;
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let mut users = Vec::new();
+    for i in 0..8 {
+        let user = TeamsUser::new(
+            tenant.clone(),
+            uuid::Uuid::new_v4().to_string(),
+            format!("user {i}"),
+        );
+        install(&stack, &user).await;
+        users.push(user);
+    }
+    let since = OffsetDateTime::now_utc();
+    let jobs: Vec<Job> = (0..40)
+        .map(|i| job_for(&users[i % users.len()], &format!("tenant {i}")))
+        .collect();
+    publish_jobs(&stack.namespace, &jobs.iter().collect::<Vec<_>>()).await;
+    wait_all_delivered(&stack, &jobs, Duration::from_secs(30)).await;
+    let times: Vec<_> = users
+        .iter()
+        .flat_map(|u| {
+            stack
+                .emulator
+                .activities(&stack.emulator.personal_conversation_id(u))
+        })
+        .map(|a| a.received_at)
+        .filter(|t| *t >= since)
+        .collect();
+    let per_second = busiest(&times, Duration::from_secs(1));
+    eprintln!("40 sends over 8 conversations of one tenant; busiest 1 s: {per_second} (limit 10)");
+    assert!(per_second <= 10, "{per_second} sends in one second");
+    assert_eq!(stack.emulator.throttled_count(), 0);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_pauses_the_whole_tenant_for_its_retry_after() {
+    let stack = TestStack::start_with(quiet_stack(StackOptions::default())).await;
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let first = TeamsUser::new(tenant.clone(), uuid::Uuid::new_v4().to_string(), "first");
+    let second = TeamsUser::new(tenant.clone(), uuid::Uuid::new_v4().to_string(), "second");
+    let first_conversation = install(&stack, &first).await;
+    install(&stack, &second).await;
+    stack.emulator.inject_fault(Fault {
+        conversation_id: Some(first_conversation.clone()),
+        operation: Some(Operation::SendToConversation),
+        status: 429,
+        code: Some("Throttled".into()),
+        retry_after: Some("2".into()),
+        times: 1,
+        ..Fault::default()
+    });
+    let throttled = job_for(&first, "throttled");
+    publish_jobs(&stack.namespace, &[&throttled]).await;
+    wait_until("the 429", Duration::from_secs(10), || async {
+        stack.emulator.throttled_count() == 1
+    })
+    .await;
+    let throttled_at = OffsetDateTime::now_utc();
+    // Another conversation of the same tenant waits out the pause too.
+    let other = job_for(&second, "same tenant");
+    publish_jobs(&stack.namespace, &[&other]).await;
+    wait_all_delivered(
+        &stack,
+        &[throttled.clone(), other.clone()],
+        Duration::from_secs(20),
+    )
+    .await;
+    let after = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == Operation::SendToConversation && r.at > throttled_at)
+        .map(|r| r.at)
+        .min()
+        .unwrap();
+    let quiet = after - throttled_at;
+    eprintln!("first call to the tenant after its 429: {quiet} later");
+    assert!(
+        quiet >= time::Duration::milliseconds(1800),
+        "the tenant was called {quiet} after a 429 with Retry-After: 2"
+    );
+    assert_eq!(stack.status(&throttled.id).await.unwrap().attempts, 2);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_with_a_big_backlog_does_not_hold_up_another_tenant() {
+    const BACKLOG: usize = 10_000;
+    let stack = TestStack::start_with(
+        quiet_stack(StackOptions {
+            rate_limits: false,
+            ..Default::default()
+        })
+        .with_env("HERALD_TENANT_RATE", "20/1s")
+        .with_env("HERALD_CONVERSATION_RATES", "off")
+        // The production default: free slots are what lets a backlog cycle past other jobs.
+        .with_env("HERALD_PREFETCH", "256"),
+    )
+    .await;
+    let busy = TeamsUser::random();
+    let other = TeamsUser::random();
+    install(&stack, &busy).await;
+    let other_conversation = install(&stack, &other).await;
+
+    let backlog: Vec<Job> = (0..BACKLOG)
+        .map(|i| job_for(&busy, &format!("backlog {i}")))
+        .collect();
+    let published = Instant::now();
+    publish_jobs(&stack.namespace, &backlog.iter().collect::<Vec<_>>()).await;
+    let publish_took = published.elapsed();
+    let urgent = job_for(&other, "urgent");
+    let queued_at = Instant::now();
+    publish_jobs(&stack.namespace, &[&urgent]).await;
+    wait_until(
+        "the other tenant's job",
+        Duration::from_secs(30),
+        || async {
+            stack
+                .emulator
+                .activities(&other_conversation)
+                .iter()
+                .any(|a| a.text.as_deref() == Some("urgent"))
+        },
+    )
+    .await;
+    let waited = queued_at.elapsed();
+    eprintln!(
+        "{BACKLOG} jobs of one tenant (published in {publish_took:?}) ahead of another tenant's job: it waited {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "the other tenant's job waited {waited:?}"
+    );
+    stack.stop().await;
+}
