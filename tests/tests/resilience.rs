@@ -76,7 +76,7 @@ async fn a_job_that_keeps_crashing_its_handler_ends_in_the_dead_letter_queue() {
         );
     }
     assert!(
-        deliveries as i64 > DISPATCH_DELIVERY_LIMIT,
+        deliveries > DISPATCH_DELIVERY_LIMIT,
         "handed out {deliveries} times"
     );
     // Dead-lettering is at-least-once and asynchronous: the dead letter lands a moment later.
