@@ -193,7 +193,7 @@ impl Handler {
                     .begin_send(&fresh, &owner, self.send_lease, now)
             })
             .await?;
-        let record = match claim {
+        match claim {
             BeginSend::Finished(status) => {
                 tracing::info!(%status, "job already ended; dropping this copy");
                 return Ok(());
@@ -212,15 +212,14 @@ impl Handler {
                     )
                     .await;
             }
-            BeginSend::Claimed { took_over, record } => {
+            BeginSend::Claimed { took_over } => {
                 if took_over {
                     tracing::warn!(
                         "took over a send whose holder stopped; Teams may have it already"
                     );
                 }
-                record
             }
-        };
+        }
         if job.is_expired(now) {
             return self.finish(&job.id, &owner, Outcome::Expired, 0).await;
         }
@@ -242,9 +241,7 @@ impl Handler {
                 return self.finish(&job.id, &owner, outcome, 0).await;
             }
             Err(ResolveError::Teams(error)) => {
-                return self
-                    .failed_call(job, delivery, &owner, &record, error, None)
-                    .await;
+                return self.failed_call(job, delivery, &owner, error, None).await;
             }
             Err(ResolveError::Store(_)) => unreachable!("store errors are retried by until_done"),
         };
@@ -261,7 +258,7 @@ impl Handler {
                 self.finish(&job.id, &owner, outcome, 1).await
             }
             Err(error) => {
-                self.failed_call(job, delivery, &owner, &record, error, Some(&destination))
+                self.failed_call(job, delivery, &owner, error, Some(&destination))
                     .await
             }
         }
@@ -321,7 +318,6 @@ impl Handler {
         job: &Job,
         delivery: &Delivery,
         owner: &str,
-        record: &StatusRecord,
         error: ConnectorError,
         destination: Option<&Destination>,
     ) -> Result<(), Abandoned> {
@@ -372,7 +368,9 @@ impl Handler {
                 self.finish(&job.id, owner, outcome, 1).await
             }
             ErrorClass::Transient { retry_after } => {
-                let attempts = record.attempts + 1;
+                // The retry budget counts this delivery's attempts (carried in its headers), so a job
+                // redriven from the dead-letter queue gets a fresh one; the record counts them all.
+                let attempts = attempts_header(delivery) + 1;
                 if attempts >= self.max_attempts {
                     let reason = format!("gave up after {attempts} attempts; the last: {reason}");
                     tracing::warn!(%reason, "retries exhausted; dead-lettering");

@@ -5,11 +5,13 @@
 //! - [`consumer`]: the consume loop (one consumer per broker link, bounded in-flight work).
 //! - [`delivery`]: one delivery from body to ack: early arrivals, the send lease, sending,
 //!   outcomes, retries, dead letters.
+//! - [`dead_letters`]: the operator's `dead list|redrive` commands.
 //! - [`resolve`]: from a job's target to a conversation id and serviceUrl.
 //! - [`retry`]: backoff for transient failures.
 //! - This file: wiring ([`Dispatcher::build`]) and the lifecycle ([`Dispatcher::run`]).
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod delivery;
 pub mod resolve;
 pub mod retry;

@@ -1,16 +1,28 @@
 //! `herald-dispatcher`: loads the configuration, sets up logging and runs the service until
 //! SIGTERM or Ctrl-C (then drains within `HERALD_SHUTDOWN_GRACE` and exits 0).
+//!
+//! ```text
+//! herald-dispatcher                                  run the dispatcher
+//! herald-dispatcher dead list [--limit N]            the dead-letter queue, one JSON line each
+//! herald-dispatcher dead redrive (--all | ID…)       send dead jobs back to the dispatch queue
+//! ```
+
+use std::io::Write;
 
 use anyhow::Context;
-use herald_dispatcher::Dispatcher;
+use herald_dispatcher::{Dispatcher, dead_letters::Tools};
 use herald_shared::{
     config::{DispatcherConfig, Env},
     telemetry,
 };
 use tokio::net::TcpListener;
 
+const USAGE: &str =
+    "usage: herald-dispatcher [dead list [--limit N] | dead redrive (--all | ID...)]";
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match DispatcherConfig::from_env(&Env::from_process()) {
         Ok(config) => config,
         Err(error) => {
@@ -18,14 +30,51 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    telemetry::init(config.common.log_format, &config.common.log_filter);
-    tracing::info!(?config, "starting herald-dispatcher");
-    match run(config).await {
+    if args.is_empty() {
+        telemetry::init(config.common.log_format, &config.common.log_filter);
+    } else {
+        telemetry::init_for_command(config.common.log_format, "warn");
+    }
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => {
+            tracing::info!(?config, "starting herald-dispatcher");
+            run(config).await
+        }
+        ["dead", "list", rest @ ..] => match parse_limit(rest) {
+            Some(limit) => list(config, limit).await,
+            None => return usage(),
+        },
+        ["dead", "redrive", "--all"] => redrive(config, Vec::new()).await,
+        ["dead", "redrive", ids @ ..] if !ids.is_empty() && !ids.contains(&"--all") => {
+            redrive(config, ids.iter().map(|id| id.to_string()).collect()).await
+        }
+        _ => return usage(),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "herald-dispatcher failed");
+            eprintln!("herald-dispatcher: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+fn usage() -> std::process::ExitCode {
+    eprintln!("{USAGE}");
+    std::process::ExitCode::from(2)
+}
+
+fn parse_limit(rest: &[&str]) -> Option<usize> {
+    match rest {
+        [] => Some(100),
+        ["--limit", n] => n.parse().ok(),
+        _ => None,
     }
 }
 
@@ -38,5 +87,28 @@ async fn run(config: DispatcherConfig) -> anyhow::Result<()> {
         .run(herald_shared::shutdown_signal())
         .await
         .context("serving the admin port")?;
+    Ok(())
+}
+
+async fn list(config: DispatcherConfig, limit: usize) -> anyhow::Result<()> {
+    let tools = Tools::connect(&config).await?;
+    let letters = tools.list(limit).await?;
+    tools.close().await;
+    let mut out = std::io::stdout().lock();
+    for letter in letters {
+        writeln!(out, "{}", serde_json::to_string(&letter)?)?;
+    }
+    Ok(())
+}
+
+async fn redrive(config: DispatcherConfig, ids: Vec<String>) -> anyhow::Result<()> {
+    let tools = Tools::connect(&config).await?;
+    let report = tools.redrive(&ids).await?;
+    tools.close().await;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string(&report)?
+    )?;
     Ok(())
 }

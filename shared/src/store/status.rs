@@ -192,10 +192,7 @@ impl StatusRecord {
 pub enum BeginSend {
     /// This dispatcher holds the lease now. `took_over` means an earlier holder's lease had
     /// lapsed mid-send (it crashed): the message may already have reached Teams once.
-    Claimed {
-        took_over: bool,
-        record: Box<StatusRecord>,
-    },
+    Claimed { took_over: bool },
     /// Another copy of this job holds a live lease; look again after this long.
     Busy { retry_in: Duration },
     /// The job has already ended; nothing to do.
@@ -253,8 +250,7 @@ end
 redis.call('HSET', key, 'status', 'sending', 'leaseOwner', owner, 'leaseUntil', now_ms + lease_ms,
   'updatedAt', ARGV[5], 'published', '1')
 redis.call('PEXPIRE', key, ARGV[4])
-local claimed = redis.call('HGETALL', key)
-return {'claimed', tostring(took_over), claimed}
+return {'claimed', tostring(took_over)}
 "#;
 
 /// ARGV: new status, attempts made, owner, ttl_ms, then fields to set (empty value = delete).
@@ -302,6 +298,13 @@ if status == 'scheduled' or status == 'queued' then
   redis.call('HSET', key, 'status', 'cancelled', 'updatedAt', ARGV[1])
 end
 return {status, redis.call('HGETALL', key)}
+"#;
+
+/// A failed job goes back to `queued`; its history (attempts, last error) stays.
+const REOPEN: &str = r#"
+if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'updatedAt', ARGV[1])
+return 1
 "#;
 
 /// A delivered message was deleted in Teams: the job ends `cancelled`.
@@ -420,17 +423,9 @@ impl StatusStore {
                     retry_in: Duration::from_millis(ms),
                 })
             }
-            Some("claimed") => {
-                let took_over = word(1).as_deref() == Some("1");
-                let hash: HashMap<String, String> = parts
-                    .get(2)
-                    .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                    .ok_or_else(|| malformed("no record"))?;
-                Ok(BeginSend::Claimed {
-                    took_over,
-                    record: Box::new(StatusRecord::from_hash(&key, hash)?),
-                })
-            }
+            Some("claimed") => Ok(BeginSend::Claimed {
+                took_over: word(1).as_deref() == Some("1"),
+            }),
             _ => Err(malformed("unknown begin_send answer")),
         }
     }
@@ -475,6 +470,19 @@ impl StatusStore {
                 JobStatus::Failed | JobStatus::Expired => Cancel::Ended(record),
             },
         ))
+    }
+
+    /// Gives a `failed` job another chance (an operator redrives it from the dead-letter
+    /// queue); true if it was failed. Delivered, cancelled and expired jobs stay as they are.
+    pub async fn reopen(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let done: u8 = redis::cmd("EVAL")
+            .arg(REOPEN)
+            .arg(1)
+            .arg(self.key(id))
+            .arg(rfc3339(now))
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok(done == 1)
     }
 
     /// The delivered message was deleted in Teams; the job ends `cancelled`.
