@@ -95,7 +95,7 @@ impl Tools {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let redis = Redis::new(&common.redis_url, common.namespace.clone())?;
+        let redis = Redis::new(&common.redis, common.namespace.clone())?;
         Ok(Self {
             publisher: Publisher::new(broker.clone()),
             statuses: StatusStore::new(redis, common.status_ttl),

@@ -51,7 +51,7 @@ impl Dispatcher {
         let common = &config.common;
         let tracker = TaskTracker::new();
         let broker_stop = CancellationToken::new();
-        let redis = Redis::new(&common.redis_url, common.namespace.clone())?;
+        let redis = Redis::new(&common.redis, common.namespace.clone())?;
         let broker = Broker::start(
             &common.amqp_url,
             Topology::new(common.namespace.clone()),

@@ -160,6 +160,51 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
+/// Where Redis is: one server, or a Redis Cluster (`redis+cluster://seed` or a comma-separated
+/// list of nodes).
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Single(SecretUrl),
+    Cluster(Vec<SecretUrl>),
+}
+
+impl FromStr for RedisTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut cluster = false;
+        let mut nodes = Vec::new();
+        for raw in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (raw, is_cluster) = match raw.split_once("+cluster://") {
+                Some((scheme, rest)) => (format!("{scheme}://{rest}"), true),
+                None => (raw.to_owned(), false),
+            };
+            cluster |= is_cluster;
+            let url = Url::parse(&raw).map_err(|e| format!("{raw:?} is not a URL ({e})"))?;
+            if !matches!(url.scheme(), "redis" | "rediss") {
+                return Err(
+                    "must be redis://, rediss://, redis+cluster:// or a list of them".into(),
+                );
+            }
+            nodes.push(SecretUrl(url));
+        }
+        match nodes.len() {
+            0 => Err("is empty".into()),
+            1 if !cluster => Ok(Self::Single(nodes.remove(0))),
+            _ => Ok(Self::Cluster(nodes)),
+        }
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Single(url) => write!(f, "{url:?}"),
+            Self::Cluster(nodes) => f.debug_tuple("Cluster").field(nodes).finish(),
+        }
+    }
+}
+
 /// The bot's Entra app registration.
 #[derive(Debug, Clone)]
 pub struct BotCredentials {
@@ -221,7 +266,7 @@ impl FromStr for LogFormat {
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
     pub namespace: Namespace,
-    pub redis_url: SecretUrl,
+    pub redis: RedisTarget,
     pub amqp_url: SecretUrl,
     pub bot: BotCredentials,
     pub teams: TeamsEndpoints,
@@ -234,13 +279,12 @@ pub struct CommonConfig {
 impl CommonConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let namespace = env.parse_or("HERALD_NAMESPACE", Namespace("herald".into()))?;
-        let redis_url = SecretUrl(env.url_or("HERALD_REDIS_URL", "redis://127.0.0.1:6379")?);
-        if !matches!(redis_url.0.scheme(), "redis" | "rediss") {
-            return Err(ConfigError::new(
-                "HERALD_REDIS_URL",
-                "must be a redis:// or rediss:// URL",
-            ));
-        }
+        let redis = env.parse_or(
+            "HERALD_REDIS_URL",
+            RedisTarget::Single(SecretUrl(
+                Url::parse("redis://127.0.0.1:6379").expect("a valid URL"),
+            )),
+        )?;
         let amqp_url =
             SecretUrl(env.url_or("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")?);
         if !matches!(amqp_url.0.scheme(), "amqp" | "amqps") {
@@ -257,7 +301,7 @@ impl CommonConfig {
         let teams = teams_endpoints(env, &bot)?;
         Ok(Self {
             namespace,
-            redis_url,
+            redis,
             amqp_url,
             bot,
             teams,
@@ -655,6 +699,21 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn redis_is_one_server_or_a_cluster() {
+        let single: RedisTarget = "redis://:pw@10.0.0.1:6379".parse().unwrap();
+        assert!(matches!(single, RedisTarget::Single(_)));
+        assert!(!format!("{single:?}").contains("pw"));
+        let seeded: RedisTarget = "redis+cluster://10.0.0.1:7000".parse().unwrap();
+        let RedisTarget::Cluster(nodes) = seeded else {
+            panic!("a cluster")
+        };
+        assert_eq!(nodes[0].expose(), "redis://10.0.0.1:7000");
+        let listed: RedisTarget = "redis://a:7000, redis://b:7001".parse().unwrap();
+        assert!(matches!(listed, RedisTarget::Cluster(n) if n.len() == 2));
+        assert!("http://a".parse::<RedisTarget>().is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use herald_emulator::{Emulator, EmulatorConfig, ReceivedActivity};
 use herald_ingress::Ingress;
 use herald_shared::{
     amqp::Topology,
-    config::{DispatcherConfig, Env, IngressConfig, Namespace, SecretUrl},
+    config::{DispatcherConfig, Env, IngressConfig, Namespace, RedisTarget},
     store::{ConversationStore, Redis, StatusRecord, StatusStore},
 };
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -116,11 +116,9 @@ impl TestStack {
         for (key, value) in &options.env {
             env.set(key.clone(), value.clone());
         }
-        let redis = Redis::new(
-            &SecretUrl::parse(&redis_url()).unwrap(),
-            namespace.parse::<Namespace>().unwrap(),
-        )
-        .unwrap();
+        // The test reads the same Redis the services use (a test may point them elsewhere).
+        let target: RedisTarget = env.get("HERALD_REDIS_URL").unwrap().parse().unwrap();
+        let redis = Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap();
         let mut stack = Self {
             statuses: StatusStore::new(redis.clone(), Duration::from_secs(3600)),
             conversations: ConversationStore::new(redis),

@@ -274,16 +274,8 @@ async fn with_an_append_only_file_a_redis_crash_loses_no_reference_or_status() {
         .with_env("HERALD_REDIS_URL", &format!("redis://127.0.0.1:{port}")),
     )
     .await;
-    let store = |stack: &TestStack| {
-        let url =
-            herald_shared::config::SecretUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
-        let r = herald_shared::store::Redis::new(&url, stack.namespace.parse().unwrap()).unwrap();
-        (
-            herald_shared::store::ConversationStore::new(r.clone()),
-            herald_shared::store::StatusStore::new(r, Duration::from_secs(3600)),
-        )
-    };
-    let (conversations, statuses) = store(&stack);
+    // The stack's own stores read the Redis the services were pointed at.
+    let (conversations, statuses) = (stack.conversations.clone(), stack.statuses.clone());
     let user = TeamsUser::random();
     stack.emulator.install(&user).await.unwrap();
     let conversation = stack.emulator.personal_conversation_id(&user);

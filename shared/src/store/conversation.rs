@@ -176,10 +176,8 @@ impl ConversationStore {
             ActivityEffect::Install => ("install", ""),
             ActivityEffect::Remove { reason } => ("remove", reason.as_str()),
         };
-        let mut pipe = redis::pipe();
-        let eval = pipe
-            .cmd("EVAL")
-            .arg(RECORD_ACTIVITY)
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(RECORD_ACTIVITY)
             .arg(1)
             .arg(self.redis.key("conv", &reference.conversation_id))
             .arg(effect)
@@ -187,23 +185,41 @@ impl ConversationStore {
         for (field, value) in reference.fields() {
             eval.arg(field).arg(value);
         }
+        // Three keys, three commands sent at once: the multiplexed connection pipelines them
+        // (one round trip), and on a cluster each goes to its own node.
+        let mut user_index = None;
+        let mut tenant_url = None;
         if let Some(tenant) = &reference.tenant_id {
             if let (true, Some(user)) = (reference.is_personal(), &reference.user_aad_object_id) {
-                pipe.cmd("SET")
-                    .arg(self.user_key(tenant, user))
-                    .arg(&reference.conversation_id)
-                    .ignore();
+                let mut set = redis::cmd("SET");
+                set.arg(self.user_key(tenant, user))
+                    .arg(&reference.conversation_id);
+                user_index = Some(set);
             }
-            pipe.cmd("HSET")
-                .arg(self.redis.key("tenant", tenant))
+            let mut hset = redis::cmd("HSET");
+            hset.arg(self.redis.key("tenant", tenant))
                 .arg("serviceUrl")
                 .arg(&reference.service_url)
                 .arg("lastSeen")
-                .arg(rfc3339(reference.last_seen))
-                .ignore();
+                .arg(rfc3339(reference.last_seen));
+            tenant_url = Some(hset);
         }
-        let ((generation, new_install),): ((u64, u8),) =
-            pipe.query_async(&mut self.redis.conn()).await?;
+        let optional = |cmd: Option<redis::Cmd>| {
+            let mut conn = self.redis.conn();
+            async move {
+                match cmd {
+                    Some(cmd) => cmd.query_async::<()>(&mut conn).await,
+                    None => Ok(()),
+                }
+            }
+        };
+        let mut conn = self.redis.conn();
+        let ((generation, new_install), (), ()) = futures_util::future::try_join3(
+            eval.query_async::<(u64, u8)>(&mut conn),
+            optional(user_index),
+            optional(tenant_url),
+        )
+        .await?;
         Ok(InstallState {
             generation,
             new_install: new_install == 1,

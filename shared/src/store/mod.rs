@@ -9,7 +9,14 @@ mod status;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+
+use redis::{
+    RedisFuture,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
 
 pub use self::{
     conversation::{
@@ -18,7 +25,7 @@ pub use self::{
     pace::{Admission, Pacer},
     status::{BeginSend, Cancel, JobStatus, Outcome, StatusRecord, StatusStore},
 };
-use crate::config::{Namespace, SecretUrl};
+use crate::config::{Namespace, RedisTarget};
 
 /// Redis could not take or answer a request in time.
 #[derive(Debug, thiserror::Error)]
@@ -29,14 +36,14 @@ pub enum StoreError {
     Malformed { key: String, reason: String },
 }
 
-/// A shared, self-healing Redis connection.
+/// A shared, self-healing Redis connection, to one server or to a Redis Cluster.
 ///
 /// The connection is made lazily and re-made after failures, so a service starts while Redis is
 /// down and recovers when it returns; each command fails fast meanwhile (short timeouts, few
 /// retries), which is what lets the ingress answer 503 promptly instead of hanging.
 #[derive(Clone)]
 pub struct Redis {
-    connection: ConnectionManager,
+    connection: Connection,
     namespace: Namespace,
 }
 
@@ -49,14 +56,29 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
-    pub fn new(url: &SecretUrl, namespace: Namespace) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url.expose())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+    pub fn new(target: &RedisTarget, namespace: Namespace) -> Result<Self, StoreError> {
+        let connection = match target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.expose())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.iter().map(|n| n.expose().to_owned()))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(2)
+                    .build()?;
+                Connection::Cluster(LazyCluster {
+                    client: Arc::new(client),
+                    connection: Arc::default(),
+                })
+            }
+        };
         Ok(Self {
             connection,
             namespace,
@@ -67,8 +89,8 @@ impl Redis {
         &self.namespace
     }
 
-    /// A handle for one operation; cheap (the manager multiplexes one connection).
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    /// A handle for one operation; cheap (one multiplexed connection underneath).
+    pub(crate) fn conn(&self) -> Connection {
         self.connection.clone()
     }
 
@@ -85,6 +107,71 @@ impl Redis {
             tokio::time::timeout(Duration::from_secs(2), ping).await,
             Ok(Ok(_))
         )
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One server's self-healing connection, or a cluster's (connected on first use, so that a
+/// service can start while the cluster is down).
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(ConnectionManager),
+    Cluster(LazyCluster),
+}
+
+#[derive(Clone)]
+pub(crate) struct LazyCluster {
+    client: Arc<ClusterClient>,
+    connection: Arc<tokio::sync::OnceCell<ClusterConnection>>,
+}
+
+impl LazyCluster {
+    async fn get(&self) -> redis::RedisResult<ClusterConnection> {
+        let connection = self
+            .connection
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await?;
+        Ok(connection.clone())
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(cluster) => {
+                Box::pin(async move { cluster.get().await?.req_packed_command(cmd).await })
+            }
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            Connection::Cluster(cluster) => Box::pin(async move {
+                cluster
+                    .get()
+                    .await?
+                    .req_packed_commands(pipeline, offset, count)
+                    .await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(_) => 0,
+        }
     }
 }
 

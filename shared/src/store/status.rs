@@ -354,11 +354,13 @@ impl StatusStore {
 
     /// Notes that the jobs' publishes were confirmed by the broker.
     pub async fn mark_published(&self, ids: &[&str]) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.hset(self.key(id), "published", "1").ignore();
-        }
-        pipe.query_async::<()>(&mut self.redis.conn()).await?;
+        // One command per key, sent at once (a cluster may hold them on different nodes).
+        let marks = ids.iter().map(|id| {
+            let mut conn = self.redis.conn();
+            let key = self.key(id);
+            async move { conn.hset::<_, _, _, ()>(key, "published", "1").await }
+        });
+        futures_util::future::try_join_all(marks).await?;
         Ok(())
     }
 
