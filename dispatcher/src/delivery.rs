@@ -12,7 +12,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use herald_shared::{
     amqp::{Publisher, headers},
     connector::{BotConnector, ConnectorError, ErrorClass},
-    job::{Change, ChangeKind, Job, Target},
+    job::{Change, ChangeKind, JOB_TYPE_V1, Job, Target},
     store::{Admission, BeginSend, ConversationStore, Outcome, Pacer, StatusRecord, StatusStore},
 };
 use lapin::{
@@ -115,6 +115,18 @@ impl Handler {
                         .await
                 }
             };
+        }
+        if let Some(version) = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .filter(|t| t.as_str() != JOB_TYPE_V1)
+        {
+            let reason = format!(
+                "rejected: unknown job version {:?} (this Herald reads {JOB_TYPE_V1})",
+                version.as_str()
+            );
+            return self.poison(delivery, &reason).await;
         }
         match Job::from_slice(&delivery.data) {
             Ok(job) => {

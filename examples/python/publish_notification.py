@@ -41,6 +41,7 @@ def main() -> int:
                 content_type="application/json",
                 delivery_mode=pika.DeliveryMode.Persistent,
                 message_id=job["id"],
+                type="notification.v1",  # the contract's version
             ),
             mandatory=True,  # an unroutable job is an error, not a silent loss
         )

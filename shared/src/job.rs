@@ -6,6 +6,10 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+/// The AMQP `type` property naming this contract's version. A job may omit it (it is then
+/// taken to be this version); any other value is refused as an unknown version.
+pub const JOB_TYPE_V1: &str = "notification.v1";
+
 /// The largest message Teams accepts, measured on the activity Herald sends (TEAMS.md §2).
 pub const MAX_ACTIVITY_BYTES: usize = 28_000;
 

@@ -539,6 +539,15 @@ pub async fn publish_raw_many(
     namespace: &str,
     messages: &[(String, Vec<u8>)],
 ) -> anyhow::Result<()> {
+    publish_typed(namespace, messages, None).await
+}
+
+/// Publishes with an AMQP `type` property (the contract's version), or none.
+pub async fn publish_typed(
+    namespace: &str,
+    messages: &[(String, Vec<u8>)],
+    kind: Option<&str>,
+) -> anyhow::Result<()> {
     let topology = Topology::new(namespace.parse::<Namespace>().map_err(anyhow::Error::msg)?);
     let connection =
         lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
@@ -548,10 +557,13 @@ pub async fn publish_raw_many(
         .await?;
     let mut pending = Vec::new();
     for (message_id, body) in messages {
-        let properties = lapin::BasicProperties::default()
+        let mut properties = lapin::BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_message_id(message_id.as_str().into());
+        if let Some(kind) = kind {
+            properties = properties.with_type(kind.into());
+        }
         let confirm = channel
             .basic_publish(
                 topology.jobs_exchange().as_str().into(),

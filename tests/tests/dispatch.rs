@@ -237,6 +237,16 @@ async fn a_poison_message_is_dead_lettered_with_its_reason_and_the_consumer_goes
     )
     .await
     .unwrap();
+    // A job of a contract version this Herald does not know (the AMQP `type` property).
+    let future = job_for(&user, "from the future");
+    let body = serde_json::to_vec(&future).unwrap();
+    herald_tests::publish_typed(
+        &stack.namespace,
+        &[("poison-3".into(), body)],
+        Some("notification.v2"),
+    )
+    .await
+    .unwrap();
     let job = job_for(&user, "after the poison");
     publish_jobs(&stack.namespace, &[&job]).await;
     wait_for_status(&stack, &job, JobStatus::Delivered).await;
@@ -254,6 +264,14 @@ async fn a_poison_message_is_dead_lettered_with_its_reason_and_the_consumer_goes
     assert!(
         reason("poison-2").is_some_and(|r| r.contains("unknown variant")),
         "{dead:?}"
+    );
+    assert!(
+        reason("poison-3").is_some_and(|r| r.contains("unknown job version")),
+        "{dead:?}"
+    );
+    assert!(
+        texts(&stack, &conversation, "from the future").is_empty(),
+        "an unknown version was sent"
     );
     stack.stop().await;
 }

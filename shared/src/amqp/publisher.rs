@@ -156,9 +156,11 @@ impl Publisher {
     }
 }
 
-/// The properties DESIGN.md prescribes for a job: JSON, persistent, `message_id` = job id.
+/// The properties the contract prescribes for a job: JSON, persistent, `message_id` = job id,
+/// and the contract's version as `type`.
 pub fn job_properties(job_id: &str, headers: FieldTable) -> BasicProperties {
     BasicProperties::default()
+        .with_type(ShortString::from(crate::job::JOB_TYPE_V1))
         .with_content_type(ShortString::from("application/json"))
         .with_delivery_mode(2)
         .with_message_id(job_id.into())
