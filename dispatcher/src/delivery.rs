@@ -50,6 +50,8 @@ pub struct Handler {
     pub retry_schedule: herald_shared::config::RetrySchedule,
     pub max_attempts: u32,
     pub send_lease: Duration,
+    /// Where a GCC tenant goes on 403 InvalidBotApiHost, if this cloud has such a host.
+    pub gcc_service_url: Option<String>,
     /// Cancelled when the service must let go of unfinished deliveries (shutdown deadline).
     pub abandon: CancellationToken,
 }
@@ -363,8 +365,12 @@ impl Handler {
         }
         let reason = error.reason();
         let conversation = conversation_id.map(str::to_owned);
-        match error.class() {
-            class @ (ErrorClass::Permanent | ErrorClass::Gone) => {
+        let mut class = error.class();
+        if class == ErrorClass::WrongHost {
+            class = self.move_to_gcc(job, destination, conversation_id).await?;
+        }
+        match class {
+            class @ (ErrorClass::Permanent | ErrorClass::Gone | ErrorClass::WrongHost) => {
                 tracing::warn!(%reason, ?class, "the job cannot be delivered");
                 if let (ErrorClass::Gone, Some(gone)) = (class, conversation_id) {
                     // Later jobs for this conversation fail without calling Teams, until the
@@ -425,6 +431,38 @@ impl Handler {
                 .await
             }
         }
+    }
+
+    /// A GCC tenant reached on the public host: its conversation and tenant move to the GCC
+    /// host, and the job is retried there (as a transient failure). Where there is no GCC host,
+    /// or the job was already sent there, it is final.
+    async fn move_to_gcc(
+        &self,
+        job: &Job,
+        destination: Option<&Destination>,
+        conversation_id: Option<&str>,
+    ) -> Result<ErrorClass, Abandoned> {
+        let tenant = destination
+            .and_then(Destination::tenant_id)
+            .or(job.to.tenant_id());
+        let (Some(gcc), Some(tenant), Some(destination)) =
+            (&self.gcc_service_url, tenant, destination)
+        else {
+            return Ok(ErrorClass::Permanent);
+        };
+        if destination.service_url() == gcc {
+            return Ok(ErrorClass::Permanent);
+        }
+        tracing::warn!(tenant, gcc = %gcc, "a GCC tenant on the public host; moving it to the GCC host");
+        let moved = || {
+            self.conversations
+                .move_service_url(tenant, conversation_id, gcc)
+        };
+        self.until_done("move the tenant to the GCC host", moved)
+            .await?;
+        Ok(ErrorClass::Transient {
+            retry_after: Some(Duration::ZERO),
+        })
     }
 
     /// Edits or deletes a delivered message. Both are naturally idempotent (the same PUT twice;

@@ -88,6 +88,7 @@ impl Dispatcher {
             retry_schedule: config.retry_schedule.clone(),
             max_attempts: config.max_attempts,
             send_lease: config.send_lease,
+            gcc_service_url: common.teams.gcc_service_url.clone(),
             abandon: CancellationToken::new(),
         });
         Ok(Self {

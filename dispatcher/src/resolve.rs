@@ -27,6 +27,13 @@ pub enum Destination {
 }
 
 impl Destination {
+    pub fn service_url(&self) -> &str {
+        match self {
+            Destination::Conversation { service_url, .. }
+            | Destination::ChannelThread { service_url, .. } => service_url,
+        }
+    }
+
     /// The tenant whose rate the send counts against, when known.
     pub fn tenant_id(&self) -> Option<&str> {
         match self {

@@ -24,6 +24,8 @@ pub struct CloudEndpoints {
     pub token_issuer: &'static str,
     /// Used for a tenant Herald has never heard from; China publishes none.
     pub default_service_url: Option<&'static str>,
+    /// Where a GCC tenant's traffic goes when the public host answers 403 InvalidBotApiHost.
+    pub gcc_service_url: Option<&'static str>,
     /// Hosts of the Bot Connector in this cloud; the token is sent nowhere else.
     pub service_url_allowlist: &'static [&'static str],
 }
@@ -38,6 +40,7 @@ impl Cloud {
                 openid_metadata_url: "https://login.botframework.com/v1/.well-known/openidconfiguration",
                 token_issuer: "https://api.botframework.com",
                 default_service_url: Some("https://smba.trafficmanager.net/teams/"),
+                gcc_service_url: Some("https://smba.infra.gcc.teams.microsoft.com/gcc/"),
                 // GCC (moderate) tenants live in the public cloud but on their own host.
                 service_url_allowlist: &[
                     "https://smba.trafficmanager.net",
@@ -52,6 +55,7 @@ impl Cloud {
                 openid_metadata_url: "https://login.botframework.azure.us/v1/.well-known/openidconfiguration",
                 token_issuer: "https://api.botframework.us",
                 default_service_url: Some("https://smba.infra.gov.teams.microsoft.us/gcch"),
+                gcc_service_url: None,
                 service_url_allowlist: &[
                     "https://*.teams.microsoft.us",
                     "https://*.botframework.us",
@@ -65,6 +69,7 @@ impl Cloud {
                 openid_metadata_url: "https://login.botframework.azure.cn/v1/.well-known/openidconfiguration",
                 token_issuer: "https://api.botframework.azure.cn",
                 default_service_url: None,
+                gcc_service_url: None,
                 service_url_allowlist: &["https://*.botframework.azure.cn"],
             },
         }

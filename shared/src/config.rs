@@ -223,6 +223,8 @@ pub struct TeamsEndpoints {
     pub openid_metadata_url: Url,
     pub token_issuer: String,
     pub default_service_url: Option<String>,
+    /// The GCC host a tenant moves to on 403 InvalidBotApiHost (public cloud only).
+    pub gcc_service_url: Option<String>,
     pub service_url_allowlist: ServiceUrlAllowlist,
 }
 
@@ -236,6 +238,7 @@ impl fmt::Debug for TeamsEndpoints {
             .field("openid_metadata_url", &self.openid_metadata_url.as_str())
             .field("token_issuer", &self.token_issuer)
             .field("default_service_url", &self.default_service_url)
+            .field("gcc_service_url", &self.gcc_service_url)
             .field(
                 "service_url_allowlist",
                 &self.service_url_allowlist.to_string(),
@@ -341,16 +344,39 @@ fn teams_endpoints(env: &Env, bot: &BotCredentials) -> Result<TeamsEndpoints, Co
     let service_url_allowlist: ServiceUrlAllowlist = allowlist_raw
         .parse()
         .map_err(|e: String| ConfigError::new("HERALD_SERVICE_URL_ALLOWLIST", e))?;
-    if let Some(url) = default_service_url
-        .as_deref()
-        .filter(|url| !service_url_allowlist.allows(url))
-    {
-        return Err(ConfigError::new(
-            "HERALD_DEFAULT_SERVICE_URL",
-            format!(
-                "{url:?} is not allowed by HERALD_SERVICE_URL_ALLOWLIST ({service_url_allowlist})"
-            ),
-        ));
+    let gcc_service_url = match env.get("HERALD_GCC_SERVICE_URL") {
+        Some(raw) => Some(
+            Url::parse(raw)
+                .map_err(|e| {
+                    ConfigError::new(
+                        "HERALD_GCC_SERVICE_URL",
+                        format!("{raw:?} is not a URL ({e})"),
+                    )
+                })?
+                .to_string(),
+        ),
+        // The preset's GCC host is dropped, not refused, when the allowlist was narrowed to
+        // exclude it: then GCC tenants simply cannot be moved there.
+        None => preset
+            .gcc_service_url
+            .filter(|url| service_url_allowlist.allows(url))
+            .map(str::to_owned),
+    };
+    for (variable, url) in [
+        ("HERALD_DEFAULT_SERVICE_URL", &default_service_url),
+        ("HERALD_GCC_SERVICE_URL", &gcc_service_url),
+    ] {
+        if let Some(url) = url
+            .as_deref()
+            .filter(|url| !service_url_allowlist.allows(url))
+        {
+            return Err(ConfigError::new(
+                variable,
+                format!(
+                    "{url:?} is not allowed by HERALD_SERVICE_URL_ALLOWLIST ({service_url_allowlist})"
+                ),
+            ));
+        }
     }
     Ok(TeamsEndpoints {
         cloud,
@@ -366,6 +392,7 @@ fn teams_endpoints(env: &Env, bot: &BotCredentials) -> Result<TeamsEndpoints, Co
             .unwrap_or(preset.token_issuer)
             .to_owned(),
         default_service_url,
+        gcc_service_url,
         service_url_allowlist,
     })
 }
@@ -699,6 +726,32 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_gcc_host_comes_with_the_public_cloud_unless_the_allowlist_excludes_it() {
+        let c = CommonConfig::from_env(&base()).unwrap();
+        assert_eq!(
+            c.teams.gcc_service_url.as_deref(),
+            Some("https://smba.infra.gcc.teams.microsoft.com/gcc/")
+        );
+        let mut narrowed = base();
+        narrowed.set(
+            "HERALD_SERVICE_URL_ALLOWLIST",
+            "https://smba.trafficmanager.net",
+        );
+        assert_eq!(
+            CommonConfig::from_env(&narrowed)
+                .unwrap()
+                .teams
+                .gcc_service_url,
+            None
+        );
+        narrowed.set("HERALD_GCC_SERVICE_URL", "https://elsewhere.example/gcc/");
+        assert_eq!(
+            CommonConfig::from_env(&narrowed).unwrap_err().variable,
+            "HERALD_GCC_SERVICE_URL"
+        );
     }
 
     #[test]

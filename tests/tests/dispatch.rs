@@ -344,3 +344,68 @@ async fn dead_letters(namespace: &str) -> Vec<(Option<String>, String)> {
     }
     found
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gcc_tenant_answered_invalid_bot_api_host_moves_to_the_gcc_host() {
+    let stack = stack_with(StackOptions {
+        start_dispatcher: false,
+        ..Default::default()
+    })
+    .await;
+    // The emulator's `/teams/` prefix plays the GCC host (tenants live under `/amer/{tenant}/`).
+    let mut env = stack.env();
+    env.set(
+        "HERALD_GCC_SERVICE_URL",
+        stack.emulator.default_service_url(),
+    );
+    let dispatcher = herald_dispatcher::Dispatcher::build(
+        herald_shared::config::DispatcherConfig::from_env(&env).unwrap(),
+        herald_tests::listener().await,
+    )
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let until = stop.clone();
+    tokio::spawn(dispatcher.run(async move { until.cancelled().await }));
+    let (user, conversation) = installed_user(&stack).await;
+
+    stack.emulator.inject_fault(Fault {
+        conversation_id: Some(conversation.clone()),
+        operation: Some(Operation::SendToConversation),
+        status: 403,
+        code: Some("InvalidBotApiHost".into()),
+        times: 1,
+        ..Fault::default()
+    });
+    let job = job_for(&user, "hello, GCC");
+    publish_jobs(&stack.namespace, &[&job]).await;
+    let delivered = wait_for_status(&stack, &job, JobStatus::Delivered).await;
+    assert_eq!(delivered.attempts, 2);
+    let sends: Vec<_> = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.operation == Operation::SendToConversation
+                && r.conversation_id.as_deref() == Some(conversation.as_str())
+        })
+        .collect();
+    let last = sends.last().unwrap();
+    assert!(
+        last.path.starts_with("/teams/"),
+        "the retry went to {}",
+        last.path
+    );
+    let reference = stack
+        .conversations
+        .get(&conversation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reference.service_url,
+        stack.emulator.default_service_url(),
+        "the conversation moved"
+    );
+    stop.cancel();
+    stack.stop().await;
+}

@@ -32,6 +32,8 @@ pub enum ErrorClass {
     /// Final, and the conversation is gone (uninstalled, blocked, deleted): mark the reference
     /// so later jobs fail without calling Teams.
     Gone,
+    /// A GCC tenant reached on the public host (403 InvalidBotApiHost): try the GCC host.
+    WrongHost,
 }
 
 /// 403 codes that mean the app is removed, blocked or not installed there.
@@ -63,6 +65,7 @@ impl ConnectorError {
                 let code = code.as_deref().unwrap_or_default();
                 match status {
                     403 if GONE_403_CODES.contains(&code) => ErrorClass::Gone,
+                    403 if code == "InvalidBotApiHost" => ErrorClass::WrongHost,
                     404 if code == "ConversationNotFound" => ErrorClass::Gone,
                     412 | 429 | 502 | 503 | 504 | 408 => ErrorClass::Transient {
                         retry_after: *retry_after,
@@ -154,6 +157,10 @@ mod tests {
         );
         assert_eq!(teams(403, "MessageWritesBlocked").class(), ErrorClass::Gone);
         assert_eq!(teams(404, "ConversationNotFound").class(), ErrorClass::Gone);
+        assert_eq!(
+            teams(403, "InvalidBotApiHost").class(),
+            ErrorClass::WrongHost
+        );
         assert_eq!(
             teams(404, "ActivityNotFoundInConversation").class(),
             ErrorClass::Permanent

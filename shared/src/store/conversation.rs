@@ -261,6 +261,37 @@ impl ConversationStore {
             .await?)
     }
 
+    /// Moves a tenant (and one of its conversations, if stored) to another serviceUrl: Teams
+    /// said the tenant lives on another host.
+    pub async fn move_service_url(
+        &self,
+        tenant_id: &str,
+        conversation_id: Option<&str>,
+        service_url: &str,
+    ) -> Result<(), StoreError> {
+        let mut tenant = self.redis.conn();
+        let tenant_key = self.redis.key("tenant", tenant_id);
+        let moved_tenant = tenant.hset::<_, _, _, ()>(tenant_key, "serviceUrl", service_url);
+        let mut conversation = self.redis.conn();
+        let moved_conversation = async move {
+            match conversation_id {
+                // Only a stored reference moves; HSET would create a stub otherwise.
+                Some(id) => {
+                    redis::cmd("EVAL")
+                        .arg("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'serviceUrl', ARGV[1]) end return 0")
+                        .arg(1)
+                        .arg(self.redis.key("conv", id))
+                        .arg(service_url)
+                        .query_async::<i64>(&mut conversation)
+                        .await
+                }
+                None => Ok(0),
+            }
+        };
+        futures_util::future::try_join(moved_tenant, moved_conversation).await?;
+        Ok(())
+    }
+
     /// Marks a reference removed (Teams said the conversation is gone); true if it existed.
     pub async fn mark_removed(
         &self,
