@@ -199,6 +199,40 @@ impl TestStack {
         self.statuses.get(job_id).await.expect("redis answers")
     }
 
+    /// A new user who installed the app, once the welcome has arrived (so that nothing of the
+    /// install is still in flight); returns the user and their personal conversation id.
+    pub async fn installed_user(&self) -> (herald_emulator::TeamsUser, String) {
+        let user = herald_emulator::TeamsUser::random();
+        let conversation = self.install(&user).await;
+        (user, conversation)
+    }
+
+    /// Installs the app for `user` and waits for the welcome; returns the conversation id.
+    pub async fn install(&self, user: &herald_emulator::TeamsUser) -> String {
+        self.emulator
+            .install(user)
+            .await
+            .expect("the install activities are posted");
+        let conversation = self.emulator.personal_conversation_id(user);
+        self.wait_for_activities(&conversation, 1, Duration::from_secs(20))
+            .await;
+        conversation
+    }
+
+    /// Waits until every job's status is `delivered`.
+    pub async fn wait_all_delivered(&self, jobs: &[herald_shared::job::Job], within: Duration) {
+        wait_until("every job to be delivered", within, || async {
+            for job in jobs {
+                let status = self.status(&job.id).await;
+                if status.is_none_or(|s| s.status != herald_shared::store::JobStatus::Delivered) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+
     /// Waits until the conversation has received at least `count` activities from the bot.
     pub async fn wait_for_activities(
         &self,

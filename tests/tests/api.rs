@@ -17,17 +17,6 @@ async fn stack() -> TestStack {
     .await
 }
 
-/// A user who installed the app, once the welcome has arrived.
-async fn installed(stack: &TestStack) -> (TeamsUser, String) {
-    let user = TeamsUser::random();
-    stack.emulator.install(&user).await.unwrap();
-    let conversation = stack.emulator.personal_conversation_id(&user);
-    stack
-        .wait_for_activities(&conversation, 1, Duration::from_secs(10))
-        .await;
-    (user, conversation)
-}
-
 fn to_user(user: &TeamsUser) -> Value {
     json!({"user": {"tenantId": user.tenant_id, "aadObjectId": user.aad_object_id}})
 }
@@ -50,7 +39,7 @@ fn texts(stack: &TestStack, conversation: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_notification_is_accepted_delivered_and_its_story_told() {
     let stack = stack().await;
-    let (user, conversation) = installed(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     let api = stack.api();
     let (status, accepted) =
         api.create(&json!({"to": to_user(&user), "message": {"text": "Build **42** is green", "textFormat": "markdown"}}), None).await;
@@ -123,7 +112,7 @@ async fn only_a_configured_key_opens_the_api_and_none_configured_opens_nothing()
 #[tokio::test(flavor = "multi_thread")]
 async fn repeating_a_request_answers_the_same_job_and_sends_one_message() {
     let stack = stack().await;
-    let (user, conversation) = installed(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     let api = stack.api();
     let body = json!({"to": to_user(&user), "message": {"text": "once by key"}});
     let (first, a) = api.create(&body, Some("order-1234-shipped")).await;
@@ -170,7 +159,7 @@ async fn repeating_a_request_answers_the_same_job_and_sends_one_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_after_the_due_time_has_passed_still_answers_the_same_job() {
     let stack = stack().await;
-    let (user, conversation) = installed(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     let api = stack.api();
     let body = json!({"to": to_user(&user), "message": {"text": "due soon"}, "deliverAt": at(Duration::from_secs(1))});
     let (status, first) = api.create(&body, Some("retry-late")).await;
@@ -312,7 +301,7 @@ async fn a_user_herald_never_heard_from_gets_a_new_one_to_one_chat() {
     );
 
     // A user who uninstalled is not brought back through a new chat.
-    let (quitter, _) = installed(&stack).await;
+    let (quitter, _) = stack.installed_user().await;
     stack.emulator.uninstall(&quitter).await.unwrap();
     let (_, accepted) = stack
         .api()
@@ -392,7 +381,7 @@ async fn conversations_and_channels_are_targets_and_rich_content_arrives_whole()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_notification_is_never_sent_even_from_a_delay_level() {
     let stack = stack().await;
-    let (user, conversation) = installed(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     let api = stack.api();
     let (_, accepted) =
         api.create(&json!({"to": to_user(&user), "message": {"text": "never"}, "deliverAt": at(Duration::from_secs(3))}), None).await;
@@ -418,7 +407,7 @@ async fn a_cancelled_notification_is_never_sent_even_from_a_delay_level() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delivered_message_can_be_edited_and_retracted() {
     let stack = stack().await;
-    let (user, conversation) = installed(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     let api = stack.api();
     let (_, accepted) = api
         .create(
@@ -482,7 +471,7 @@ async fn a_delivered_message_can_be_edited_and_retracted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_past_its_expiry_ends_expired_unsent() {
     let stack = stack().await;
-    let (user, conversation) = installed(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     let mut job = herald_tests::job_for(&user, "stale news");
     job.expires_at = Some(OffsetDateTime::now_utc() - Duration::from_secs(1));
     herald_tests::publish_jobs(&stack.namespace, &[&job]).await;

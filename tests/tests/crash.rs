@@ -6,7 +6,6 @@ use std::{collections::HashMap, process::Stdio, time::Duration};
 
 use herald_emulator::TeamsUser;
 use herald_shared::job::{Job, Message, Target, UserTarget};
-use herald_shared::store::JobStatus;
 use herald_tests::{StackOptions, TestStack, binary, publish_raw_many, wait_until};
 use tokio::process::{Child, Command};
 
@@ -93,23 +92,9 @@ async fn a_dispatcher_killed_mid_flight_loses_no_job_and_duplicates_at_most_the_
     let at_kill = received_jobs(&stack).len();
 
     let mut second = spawn_dispatcher(&stack);
-    wait_until(
-        "every job to be delivered",
-        Duration::from_secs(120),
-        || async {
-            for job in &jobs {
-                if stack
-                    .status(&job.id)
-                    .await
-                    .is_none_or(|s| s.status != JobStatus::Delivered)
-                {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
+    stack
+        .wait_all_delivered(&jobs, Duration::from_secs(120))
+        .await;
     let counts = received_jobs(&stack);
     assert_eq!(counts.len(), JOBS, "every job reached Teams");
     let duplicates: usize = counts.values().map(|n| n - 1).sum();

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_emulator::{Fault, Operation, TeamsUser};
+use herald_emulator::{Fault, Operation};
 use herald_shared::{
     amqp::{Topology, headers},
     job::Job,
@@ -23,18 +23,6 @@ async fn stack_with(options: StackOptions) -> TestStack {
         ..options
     })
     .await
-}
-
-/// A user who installed the app, once their welcome has arrived (so it cannot meet a fault
-/// meant for the test's own job).
-async fn installed_user(stack: &TestStack) -> (TeamsUser, String) {
-    let user = TeamsUser::random();
-    stack.emulator.install(&user).await.unwrap();
-    let conversation = stack.emulator.personal_conversation_id(&user);
-    stack
-        .wait_for_activities(&conversation, 1, Duration::from_secs(10))
-        .await;
-    (user, conversation)
 }
 
 async fn wait_for_status(
@@ -66,7 +54,7 @@ fn texts(stack: &TestStack, conversation: &str, prefix: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_published_with_a_later_deliver_at_is_scheduled_and_sent_on_time() {
     let stack = stack_with(StackOptions::default()).await;
-    let (user, conversation) = installed_user(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     let mut job = job_for(&user, "due in four seconds");
     let due = OffsetDateTime::now_utc() + Duration::from_secs(4);
     job.deliver_at = Some(due);
@@ -100,7 +88,7 @@ async fn a_job_published_with_a_later_deliver_at_is_scheduled_and_sent_on_time()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delivered_job_published_again_is_not_sent_again() {
     let stack = stack_with(StackOptions::default()).await;
-    let (user, conversation) = installed_user(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     let job = job_for(&user, "only once");
     publish_jobs(&stack.namespace, &[&job]).await;
     wait_for_status(&stack, &job, JobStatus::Delivered).await;
@@ -118,7 +106,7 @@ async fn a_delivered_job_published_again_is_not_sent_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_failures_are_retried_until_delivered() {
     let stack = stack_with(StackOptions::default()).await;
-    let (user, conversation) = installed_user(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     stack.emulator.inject_fault(Fault {
         conversation_id: Some(conversation.clone()),
         operation: Some(Operation::SendToConversation),
@@ -137,7 +125,7 @@ async fn transient_failures_are_retried_until_delivered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_are_bounded_and_end_in_the_dead_letter_queue() {
     let stack = stack_with(StackOptions::default().with_env("HERALD_MAX_ATTEMPTS", "3")).await;
-    let (user, conversation) = installed_user(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     stack.emulator.inject_fault(Fault {
         conversation_id: Some(conversation.clone()),
         operation: Some(Operation::SendToConversation),
@@ -167,7 +155,7 @@ async fn retries_are_bounded_and_end_in_the_dead_letter_queue() {
 #[tokio::test(flavor = "multi_thread")]
 async fn permanent_answers_fail_at_once_and_gone_conversations_are_marked() {
     let stack = stack_with(StackOptions::default()).await;
-    let (user, conversation) = installed_user(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     stack.emulator.inject_fault(Fault {
         conversation_id: Some(conversation.clone()),
         operation: Some(Operation::SendToConversation),
@@ -226,7 +214,7 @@ async fn permanent_answers_fail_at_once_and_gone_conversations_are_marked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_message_is_dead_lettered_with_its_reason_and_the_consumer_goes_on() {
     let stack = stack_with(StackOptions::default()).await;
-    let (user, conversation) = installed_user(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     publish_raw(&stack.namespace, "poison-1", b"this is not json")
         .await
         .unwrap();
@@ -284,7 +272,7 @@ async fn the_bot_token_is_fetched_once_for_many_sends_and_refreshed_before_it_ex
     })
     .await;
     let first_token = Instant::now();
-    let (user, conversation) = installed_user(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
     let jobs: Vec<Job> = (0..20)
         .map(|i| job_for(&user, &format!("burst {i}")))
         .collect();
@@ -366,7 +354,7 @@ async fn a_gcc_tenant_answered_invalid_bot_api_host_moves_to_the_gcc_host() {
     let stop = tokio_util::sync::CancellationToken::new();
     let until = stop.clone();
     tokio::spawn(dispatcher.run(async move { until.cancelled().await }));
-    let (user, conversation) = installed_user(&stack).await;
+    let (user, conversation) = stack.installed_user().await;
 
     stack.emulator.inject_fault(Fault {
         conversation_id: Some(conversation.clone()),

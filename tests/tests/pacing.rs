@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use herald_emulator::{Fault, Operation, TeamsUser};
-use herald_shared::{job::Job, store::JobStatus};
+use herald_shared::job::Job;
 use herald_tests::{StackOptions, TestStack, job_for, publish_jobs, wait_until};
 use time::OffsetDateTime;
 
@@ -15,31 +15,6 @@ fn quiet_stack(options: StackOptions) -> StackOptions {
         reminder_delay: Duration::from_secs(3600),
         ..options
     }
-}
-
-async fn install(stack: &TestStack, user: &TeamsUser) -> String {
-    stack.emulator.install(user).await.unwrap();
-    let conversation = stack.emulator.personal_conversation_id(user);
-    stack
-        .wait_for_activities(&conversation, 1, Duration::from_secs(20))
-        .await;
-    conversation
-}
-
-async fn wait_all_delivered(stack: &TestStack, jobs: &[Job], within: Duration) {
-    wait_until("every job to be delivered", within, || async {
-        for job in jobs {
-            if stack
-                .status(&job.id)
-                .await
-                .is_none_or(|s| s.status != JobStatus::Delivered)
-            {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
 }
 
 /// The most sends in any window of `window` among these times.
@@ -62,13 +37,15 @@ fn busiest(times: &[OffsetDateTime], window: Duration) -> usize {
 async fn a_burst_to_one_conversation_stays_within_teams_limits() {
     let stack = TestStack::start_with(quiet_stack(StackOptions::default())).await;
     let user = TeamsUser::random();
-    let conversation = install(&stack, &user).await;
+    let conversation = stack.install(&user).await;
     let jobs: Vec<Job> = (0..30)
         .map(|i| job_for(&user, &format!("burst {i}")))
         .collect();
     let started = Instant::now();
     publish_jobs(&stack.namespace, &jobs.iter().collect::<Vec<_>>()).await;
-    wait_all_delivered(&stack, &jobs, Duration::from_secs(60)).await;
+    stack
+        .wait_all_delivered(&jobs, Duration::from_secs(60))
+        .await;
     let took = started.elapsed();
 
     let times: Vec<_> = stack
@@ -112,7 +89,7 @@ async fn a_tenant_is_held_to_its_rate_across_its_conversations() {
             uuid::Uuid::new_v4().to_string(),
             format!("user {i}"),
         );
-        install(&stack, &user).await;
+        stack.install(&user).await;
         users.push(user);
     }
     let since = OffsetDateTime::now_utc();
@@ -120,7 +97,9 @@ async fn a_tenant_is_held_to_its_rate_across_its_conversations() {
         .map(|i| job_for(&users[i % users.len()], &format!("tenant {i}")))
         .collect();
     publish_jobs(&stack.namespace, &jobs.iter().collect::<Vec<_>>()).await;
-    wait_all_delivered(&stack, &jobs, Duration::from_secs(30)).await;
+    stack
+        .wait_all_delivered(&jobs, Duration::from_secs(30))
+        .await;
     let times: Vec<_> = users
         .iter()
         .flat_map(|u| {
@@ -144,8 +123,8 @@ async fn a_429_pauses_the_whole_tenant_for_its_retry_after() {
     let tenant = uuid::Uuid::new_v4().to_string();
     let first = TeamsUser::new(tenant.clone(), uuid::Uuid::new_v4().to_string(), "first");
     let second = TeamsUser::new(tenant.clone(), uuid::Uuid::new_v4().to_string(), "second");
-    let first_conversation = install(&stack, &first).await;
-    install(&stack, &second).await;
+    let first_conversation = stack.install(&first).await;
+    stack.install(&second).await;
     stack.emulator.inject_fault(Fault {
         conversation_id: Some(first_conversation.clone()),
         operation: Some(Operation::SendToConversation),
@@ -165,12 +144,9 @@ async fn a_429_pauses_the_whole_tenant_for_its_retry_after() {
     // Another conversation of the same tenant waits out the pause too.
     let other = job_for(&second, "same tenant");
     publish_jobs(&stack.namespace, &[&other]).await;
-    wait_all_delivered(
-        &stack,
-        &[throttled.clone(), other.clone()],
-        Duration::from_secs(20),
-    )
-    .await;
+    stack
+        .wait_all_delivered(&[throttled.clone(), other.clone()], Duration::from_secs(20))
+        .await;
     let after = stack
         .emulator
         .requests()
@@ -205,8 +181,8 @@ async fn a_tenant_with_a_big_backlog_does_not_hold_up_another_tenant() {
     .await;
     let busy = TeamsUser::random();
     let other = TeamsUser::random();
-    install(&stack, &busy).await;
-    let other_conversation = install(&stack, &other).await;
+    stack.install(&busy).await;
+    let other_conversation = stack.install(&other).await;
 
     let backlog: Vec<Job> = (0..BACKLOG)
         .map(|i| job_for(&busy, &format!("backlog {i}")))

@@ -151,23 +151,9 @@ async fn cut_connections_heal_by_themselves_and_no_job_is_lost_or_left_unacked()
     }
     publish_jobs(&stack.namespace, &jobs[50..].iter().collect::<Vec<_>>()).await;
 
-    wait_until(
-        "every job to be delivered",
-        Duration::from_secs(60),
-        || async {
-            for job in &jobs {
-                if stack
-                    .status(&job.id)
-                    .await
-                    .is_none_or(|s| s.status != JobStatus::Delivered)
-                {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
+    stack
+        .wait_all_delivered(&jobs, Duration::from_secs(60))
+        .await;
     // Nothing left behind in the broker: no job waiting, none unacked.
     let topology = Topology::new(stack.namespace.parse().unwrap());
     let connection = lapin::Connection::connect(&herald_tests::amqp_url(), Default::default())

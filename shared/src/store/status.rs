@@ -477,20 +477,23 @@ impl StatusStore {
     /// Gives a `failed` job another chance (an operator redrives it from the dead-letter
     /// queue); true if it was failed. Delivered, cancelled and expired jobs stay as they are.
     pub async fn reopen(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
-        let done: u8 = redis::cmd("EVAL")
-            .arg(REOPEN)
-            .arg(1)
-            .arg(self.key(id))
-            .arg(rfc3339(now))
-            .query_async(&mut self.redis.conn())
-            .await?;
-        Ok(done == 1)
+        self.transition(REOPEN, id, now).await
     }
 
     /// The delivered message was deleted in Teams; the job ends `cancelled`.
     pub async fn mark_retracted(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        self.transition(RETRACTED, id, now).await
+    }
+
+    /// Runs a one-key status transition script (ARGV: now); true if it applied.
+    async fn transition(
+        &self,
+        script: &str,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
         let done: u8 = redis::cmd("EVAL")
-            .arg(RETRACTED)
+            .arg(script)
             .arg(1)
             .arg(self.key(id))
             .arg(rfc3339(now))
