@@ -13,6 +13,7 @@ use herald_shared::{
     amqp::{Publisher, headers},
     connector::{BotConnector, ConnectorError, ErrorClass},
     job::{Change, ChangeKind, JOB_TYPE_V1, Job, Target},
+    metrics::Metrics,
     store::{Admission, BeginSend, ConversationStore, Outcome, Pacer, StatusRecord, StatusStore},
 };
 use lapin::{
@@ -50,6 +51,7 @@ pub struct Handler {
     pub retry_schedule: herald_shared::config::RetrySchedule,
     pub max_attempts: u32,
     pub send_lease: Duration,
+    pub metrics: Metrics,
     /// Where a GCC tenant goes on 403 InvalidBotApiHost, if this cloud has such a host.
     pub gcc_service_url: Option<String>,
     /// Cancelled when the service must let go of unfinished deliveries (shutdown deadline).
@@ -141,6 +143,7 @@ impl Handler {
 
     /// Sets a message that can never be handled aside, with the reason, and goes on.
     async fn poison(&self, delivery: &Delivery, reason: &str) -> Result<(), Abandoned> {
+        self.metrics.job("rejected");
         let message_id = delivery
             .properties
             .message_id()
@@ -210,6 +213,7 @@ impl Handler {
         match claim {
             BeginSend::Finished(status) => {
                 tracing::info!(%status, "job already ended; dropping this copy");
+                self.metrics.job("duplicate");
                 return Ok(());
             }
             BeginSend::Busy { retry_in } => {
@@ -264,6 +268,10 @@ impl Handler {
         match self.send(job, &destination, traceparent.as_deref()).await {
             Ok(sent) => {
                 tracing::info!(conversation_id = %sent.conversation_id, "delivered");
+                if let Some(due) = job.deliver_at {
+                    let late = (OffsetDateTime::now_utc() - due).as_seconds_f64().max(0.0);
+                    self.metrics.delivery_lateness.observe(late);
+                }
                 let outcome = Outcome::Delivered {
                     service_url: sent.service_url,
                     conversation_id: sent.conversation_id,
@@ -291,10 +299,13 @@ impl Handler {
                 conversation_id,
                 ..
             } => {
-                let sent = self
-                    .connector
-                    .send_to_conversation(service_url, conversation_id, &activity, traceparent)
-                    .await?;
+                let send = self.connector.send_to_conversation(
+                    service_url,
+                    conversation_id,
+                    &activity,
+                    traceparent,
+                );
+                let sent = self.timed("send", send).await?;
                 Ok(Sent {
                     service_url: service_url.clone(),
                     conversation_id: conversation_id.clone(),
@@ -306,16 +317,14 @@ impl Handler {
                 tenant_id,
                 channel_id,
             } => {
-                let created = self
-                    .connector
-                    .create_channel_thread(
-                        service_url,
-                        tenant_id,
-                        channel_id,
-                        &activity,
-                        traceparent,
-                    )
-                    .await?;
+                let create = self.connector.create_channel_thread(
+                    service_url,
+                    tenant_id,
+                    channel_id,
+                    &activity,
+                    traceparent,
+                );
+                let created = self.timed("create_thread", create).await?;
                 Ok(Sent {
                     service_url: service_url.clone(),
                     conversation_id: created.id,
@@ -347,6 +356,7 @@ impl Handler {
             ..
         } = &error
         {
+            self.metrics.throttled.inc();
             let tenant = destination
                 .and_then(Destination::tenant_id)
                 .or(job.to.tenant_id());
@@ -414,6 +424,7 @@ impl Handler {
                         )
                         .await;
                 }
+                self.metrics.retries.inc();
                 let wait = retry::backoff(&self.retry_schedule, attempts, retry_after);
                 let next_attempt_at = OffsetDateTime::now_utc() + wait;
                 tracing::info!(%reason, ?wait, attempts, "transient failure; retrying later");
@@ -520,15 +531,14 @@ impl Handler {
         let result = match (kind, &change.message) {
             (ChangeKind::Update, Some(message)) => {
                 let activity = message.to_activity();
-                self.connector
-                    .update_activity(
-                        service_url,
-                        conversation_id,
-                        activity_id,
-                        &activity,
-                        traceparent.as_deref(),
-                    )
-                    .await
+                let update = self.connector.update_activity(
+                    service_url,
+                    conversation_id,
+                    activity_id,
+                    &activity,
+                    traceparent.as_deref(),
+                );
+                self.timed("update", update).await
             }
             (ChangeKind::Update, None) => {
                 return self
@@ -536,14 +546,13 @@ impl Handler {
                     .await;
             }
             (ChangeKind::Delete, _) => {
-                self.connector
-                    .delete_activity(
-                        service_url,
-                        conversation_id,
-                        activity_id,
-                        traceparent.as_deref(),
-                    )
-                    .await
+                let delete = self.connector.delete_activity(
+                    service_url,
+                    conversation_id,
+                    activity_id,
+                    traceparent.as_deref(),
+                );
+                self.timed("delete", delete).await
             }
         };
         let now = OffsetDateTime::now_utc();
@@ -580,6 +589,7 @@ impl Handler {
                 let attempts = attempts_header(delivery) + 1;
                 match error.class() {
                     ErrorClass::Transient { retry_after } if attempts < self.max_attempts => {
+                        self.metrics.retries.inc();
                         let wait = retry::backoff(&self.retry_schedule, attempts, retry_after);
                         tracing::info!(%reason, ?wait, "transient failure; retrying the change later");
                         let at = OffsetDateTime::now_utc() + wait;
@@ -596,6 +606,18 @@ impl Handler {
         }
     }
 
+    /// Runs one call to Teams, timing it by operation.
+    async fn timed<T>(&self, operation: &'static str, call: impl Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        let labels = vec![("operation", operation.to_owned())];
+        self.metrics
+            .teams_request_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
     /// Asks the pacer for a turn; short waits are slept out here (holding the prefetch slot
     /// briefly), longer ones are the caller's to send round the delay levels.
     async fn pace(&self, tenant: Option<&str>, thread: &str) -> Result<Paced, Abandoned> {
@@ -606,12 +628,22 @@ impl Handler {
             {
                 Admission::Now => return Ok(Paced::Go),
                 Admission::Wait(wait) if wait <= PACE_HERE_AT_MOST => {
+                    self.metrics
+                        .pacing_waits
+                        .get_or_create(&vec![("action", "slept".to_owned())])
+                        .inc();
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.abandon.cancelled() => return Err(Abandoned),
                     }
                 }
-                Admission::Wait(wait) => return Ok(Paced::Later(wait)),
+                Admission::Wait(wait) => {
+                    self.metrics
+                        .pacing_waits
+                        .get_or_create(&vec![("action", "redelayed".to_owned())])
+                        .inc();
+                    return Ok(Paced::Later(wait));
+                }
             }
         }
     }
@@ -631,6 +663,12 @@ impl Handler {
         outcome: Outcome,
         attempts_made: u32,
     ) -> Result<(), Abandoned> {
+        self.metrics.job(match &outcome {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Retrying { .. } => "retrying",
+            Outcome::Expired => "expired",
+        });
         let now = OffsetDateTime::now_utc();
         let stored = self
             .until_done("record the outcome", || {

@@ -24,6 +24,7 @@ use herald_shared::{
     amqp::{Broker, Publisher, Topology},
     config::DispatcherConfig,
     connector::{BotConnector, TokenSource},
+    metrics::{Metrics, Service},
     store::{ConversationStore, Pacer, Redis, StatusStore},
 };
 use tokio::net::TcpListener;
@@ -37,6 +38,7 @@ pub struct Dispatcher {
     admin: TcpListener,
     admin_addr: SocketAddr,
     readiness: Readiness,
+    metrics: Metrics,
     broker: Broker,
     broker_stop: CancellationToken,
     tracker: TaskTracker,
@@ -60,7 +62,13 @@ impl Dispatcher {
             &tracker,
         )?;
         let http = herald_shared::http_client();
-        let tokens = Arc::new(TokenSource::new(http.clone(), &common.bot, &common.teams));
+        let metrics = Metrics::new(Service::Dispatcher);
+        let tokens = Arc::new(TokenSource::new(
+            http.clone(),
+            &common.bot,
+            &common.teams,
+            metrics.token_refreshes.clone(),
+        ));
         let conversations = ConversationStore::new(redis.clone());
         let connector = BotConnector::new(
             http,
@@ -89,12 +97,14 @@ impl Dispatcher {
             max_attempts: config.max_attempts,
             send_lease: config.send_lease,
             gcc_service_url: common.teams.gcc_service_url.clone(),
+            metrics: metrics.clone(),
             abandon: CancellationToken::new(),
         });
         Ok(Self {
             admin_addr: admin.local_addr()?,
             admin,
             readiness: Readiness::new(redis, broker.clone()),
+            metrics,
             broker,
             broker_stop,
             tracker,
@@ -122,12 +132,20 @@ impl Dispatcher {
         let admin_stop = CancellationToken::new();
         let admin = {
             let stop = admin_stop.clone();
-            let serve = axum::serve(self.admin, admin::router(self.readiness))
-                .with_graceful_shutdown(async move { stop.cancelled().await });
+            let serve = axum::serve(
+                self.admin,
+                admin::router(self.readiness, self.metrics.clone()),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await });
             tokio::spawn(serve.into_future())
         };
         tracing::info!(admin = %self.admin_addr, prefetch = self.prefetch, "dispatcher running");
 
+        tokio::spawn(sample_queue_depths(
+            self.broker.clone(),
+            self.metrics.clone(),
+            admin_stop.clone(),
+        ));
         let consume_stop = CancellationToken::new();
         let consuming = tokio::spawn(consumer::consume(
             self.broker.clone(),
@@ -165,5 +183,40 @@ impl Dispatcher {
         self.tracker.wait().await;
         tracing::info!("dispatcher stopped");
         served
+    }
+}
+
+/// Keeps the `herald_queue_messages` gauges current (what an autoscaler on queue depth reads).
+async fn sample_queue_depths(broker: Broker, metrics: Metrics, stop: CancellationToken) {
+    use lapin::{options::QueueDeclareOptions, types::FieldTable};
+    let topology = broker.topology().clone();
+    let queues = [
+        ("dispatch", topology.dispatch_queue()),
+        ("dead", topology.dead_queue()),
+    ];
+    loop {
+        if let Some(link) = broker.current() {
+            for (name, queue) in &queues {
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                let declared = link.publish_channel.queue_declare(
+                    queue.as_str().into(),
+                    passive,
+                    FieldTable::default(),
+                );
+                if let Ok(declared) = declared.await {
+                    let gauge = metrics
+                        .queue_messages
+                        .get_or_create(&vec![("queue", (*name).to_owned())]);
+                    gauge.set(i64::from(declared.message_count()));
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
     }
 }

@@ -19,12 +19,19 @@ pub mod problem;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use axum::{Router, extract::DefaultBodyLimit, routing::post};
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    middleware::{self, Next},
+    response::Response,
+    routing::post,
+};
 use herald_shared::{
     BuildError,
     admin::{self, Readiness},
     amqp::{Broker, Publisher, Topology},
     config::IngressConfig,
+    metrics::{Metrics, Service},
     store::{ConversationStore, Redis, StatusStore},
 };
 use tokio::net::TcpListener;
@@ -105,18 +112,23 @@ impl Ingress {
             enqueuer,
             config: Arc::new(config.clone()),
         });
+        let metrics = Metrics::new(Service::Ingress);
         let router = Router::new()
             .route("/api/messages", post(bot::receive_activity))
             .layer(DefaultBodyLimit::max(MAX_ACTIVITY_BODY))
             .with_state(bot)
-            .merge(api::router(api));
+            .merge(api::router(api))
+            .layer(middleware::from_fn_with_state(
+                metrics.clone(),
+                count_requests,
+            ));
         Ok(Self {
             http_addr: http.local_addr()?,
             admin_addr: admin.local_addr()?,
             http,
             admin,
             router,
-            admin_router: admin::router(Readiness::new(redis, broker)),
+            admin_router: admin::router(Readiness::new(redis, broker), metrics),
             broker_stop,
             tracker,
         })
@@ -155,4 +167,25 @@ impl Ingress {
         tracing::info!("ingress stopped");
         served
     }
+}
+
+/// Counts every request by route (the pattern, not the path: ids would explode the series)
+/// and status, and times it.
+async fn count_requests(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics
+        .http_requests
+        .get_or_create(&vec![("route", route.clone()), ("status", status)])
+        .inc();
+    metrics
+        .http_request_duration
+        .get_or_create(&vec![("route", route)])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }

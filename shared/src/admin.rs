@@ -1,13 +1,19 @@
-//! The admin listener every service runs: `/healthz` (the process is alive) and `/readyz`
-//! (its dependencies answer), kept apart from the public port so probes and scrapes never
+//! The admin listener every service runs: `/healthz` (the process is alive), `/readyz`
+//! (its dependencies answer) and `/metrics` (Prometheus), kept apart from the public port so probes and scrapes never
 //! compete with traffic.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
-use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use serde_json::json;
 
-use crate::{amqp::Broker, store::Redis};
+use crate::{amqp::Broker, metrics::Metrics, store::Redis};
 
 /// Answers whether one dependency is usable right now.
 pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
@@ -53,11 +59,24 @@ impl Readiness {
     }
 }
 
-pub fn router(readiness: Readiness) -> Router {
+pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
+    let metrics_route = get(move || {
+        let text = metrics.encode();
+        async move {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                text,
+            )
+        }
+    });
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .with_state(readiness)
+        .route("/metrics", metrics_route)
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {

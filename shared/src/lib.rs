@@ -9,8 +9,8 @@
 //! - [`store`]: Redis stores for conversation references and job status records.
 //! - [`connector`]: the bot's token and the Bot Connector REST calls, with Teams' answers
 //!   classified.
-//! - [`telemetry`]: logging setup.
-//! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
+//! - [`telemetry`]: logging setup; [`metrics`]: the Prometheus metrics.
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod admin;
 pub mod allowlist;
@@ -19,6 +19,7 @@ pub mod cloud;
 pub mod config;
 pub mod connector;
 pub mod job;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;
 

@@ -2,12 +2,11 @@
 //! it expires, with one refresh in flight however many sends want a token at once.
 
 use std::{
-    sync::{
-        RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::RwLock,
     time::{Duration, Instant},
 };
+
+use prometheus_client::metrics::counter::Counter;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -58,7 +57,8 @@ pub struct TokenSource {
     cached: RwLock<Option<CachedToken>>,
     /// Held by the one task that refreshes; the others wait for its result.
     refreshing: tokio::sync::Mutex<()>,
-    refreshes: AtomicU64,
+    /// Tokens fetched (the `herald_token_refreshes_total` metric).
+    refreshes: Counter,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -70,7 +70,12 @@ impl std::fmt::Debug for TokenSource {
 }
 
 impl TokenSource {
-    pub fn new(http: reqwest::Client, bot: &BotCredentials, teams: &TeamsEndpoints) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        bot: &BotCredentials,
+        teams: &TeamsEndpoints,
+        refreshes: Counter,
+    ) -> Self {
         Self {
             http,
             token_url: teams.token_url.clone(),
@@ -79,13 +84,13 @@ impl TokenSource {
             client_secret: bot.app_password.clone(),
             cached: RwLock::new(None),
             refreshing: tokio::sync::Mutex::new(()),
-            refreshes: AtomicU64::new(0),
+            refreshes,
         }
     }
 
     /// How many tokens were fetched so far.
     pub fn refreshes(&self) -> u64 {
-        self.refreshes.load(Ordering::Relaxed)
+        self.refreshes.get()
     }
 
     /// A valid token, from the cache when it is fresh.
@@ -171,7 +176,7 @@ impl TokenSource {
             refresh_at: started + refresh_after,
             expires_at: started + lifetime,
         });
-        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        self.refreshes.inc();
         tracing::info!(expires_in = parsed.expires_in, "fetched a bot token");
         Ok(value)
     }

@@ -1,0 +1,155 @@
+//! Prometheus metrics, served by the admin listener at `/metrics` (OpenMetrics text).
+//!
+//! Each service builds one [`Metrics`] and hands clones (cheap: the metrics are shared
+//! handles) to the parts that count; there are no globals. Names follow Prometheus
+//! conventions: a `herald_` prefix, `_total` on counters, units in the name.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+/// Label pairs of a metric family.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Buckets for latencies, from 5 ms to about 40 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 14)
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+/// The service a registry describes: each registers only what it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Ingress,
+    Dispatcher,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Dispatcher: how each handling of a job ended (`delivered`, `failed`, `expired`,
+    /// `retrying`, `duplicate`, `rejected`).
+    pub jobs: Family<Labels, Counter>,
+    /// Dispatcher: calls to Teams by operation, and how long they took.
+    pub teams_request_duration: Family<Labels, Histogram>,
+    pub retries: Counter,
+    /// Dispatcher: 429 answers from Teams.
+    pub throttled: Counter,
+    /// Dispatcher: sends held back by the pacer (`slept` here, or `redelayed`).
+    pub pacing_waits: Family<Labels, Counter>,
+    /// Dispatcher: delivered minus due, for jobs with a `deliverAt`.
+    pub delivery_lateness: Histogram,
+    /// Dispatcher: messages waiting in a queue (`dispatch`, `dead`).
+    pub queue_messages: Family<Labels, Gauge>,
+    pub token_refreshes: Counter,
+    /// Ingress: requests by route and status, and their duration by route.
+    pub http_requests: Family<Labels, Counter>,
+    pub http_request_duration: Family<Labels, Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new(service: Service) -> Self {
+        let metrics = Self {
+            registry: Arc::default(),
+            jobs: Family::default(),
+            teams_request_duration: Family::new_with_constructor(histogram),
+            retries: Counter::default(),
+            throttled: Counter::default(),
+            pacing_waits: Family::default(),
+            delivery_lateness: histogram(),
+            queue_messages: Family::default(),
+            token_refreshes: Counter::default(),
+            http_requests: Family::default(),
+            http_request_duration: Family::new_with_constructor(histogram),
+        };
+        let mut registry = Registry::with_prefix("herald");
+        match service {
+            Service::Dispatcher => {
+                let m = &metrics;
+                registry.register("jobs", "Job handlings by outcome", m.jobs.clone());
+                registry.register_with_unit(
+                    "teams_request_duration",
+                    "Calls to the Bot Connector by operation",
+                    Unit::Seconds,
+                    m.teams_request_duration.clone(),
+                );
+                registry.register(
+                    "retries",
+                    "Transient failures scheduled for another attempt",
+                    m.retries.clone(),
+                );
+                registry.register(
+                    "teams_throttled",
+                    "429 answers from Teams",
+                    m.throttled.clone(),
+                );
+                registry.register(
+                    "pacing_waits",
+                    "Sends held back by Teams' limits",
+                    m.pacing_waits.clone(),
+                );
+                registry.register_with_unit(
+                    "delivery_lateness",
+                    "Delivered minus due, for jobs with a deliverAt",
+                    Unit::Seconds,
+                    m.delivery_lateness.clone(),
+                );
+                registry.register(
+                    "queue_messages",
+                    "Messages waiting in a queue",
+                    m.queue_messages.clone(),
+                );
+                registry.register(
+                    "token_refreshes",
+                    "Bot tokens fetched from Entra",
+                    m.token_refreshes.clone(),
+                );
+            }
+            Service::Ingress => {
+                let m = &metrics;
+                registry.register(
+                    "http_requests",
+                    "HTTP requests by route and status",
+                    m.http_requests.clone(),
+                );
+                registry.register_with_unit(
+                    "http_request_duration",
+                    "HTTP request duration by route",
+                    Unit::Seconds,
+                    m.http_request_duration.clone(),
+                );
+            }
+        }
+        Self {
+            registry: Arc::new(registry),
+            ..metrics
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// Counts one handling of a job.
+    pub fn job(&self, outcome: &'static str) {
+        self.jobs
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+    }
+}
