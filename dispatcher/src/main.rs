@@ -5,6 +5,7 @@
 //! herald-dispatcher                                  run the dispatcher
 //! herald-dispatcher dead list [--limit N]            the dead-letter queue, one JSON line each
 //! herald-dispatcher dead redrive (--all | ID…)       send dead jobs back to the dispatch queue
+//! herald-dispatcher healthcheck                      exit 0 if the running dispatcher is ready
 //! ```
 
 use std::io::Write;
@@ -49,6 +50,14 @@ async fn main() -> std::process::ExitCode {
             Some(limit) => list(config, limit).await,
             None => return usage(),
         },
+        ["healthcheck"] => {
+            let ready = herald_shared::admin::probe_ready(config.admin_addr);
+            return if ready {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            };
+        }
         ["dead", "redrive", "--all"] => redrive(config, Vec::new()).await,
         ["dead", "redrive", ids @ ..] if !ids.is_empty() && !ids.contains(&"--all") => {
             redrive(config, ids.iter().map(|id| id.to_string()).collect()).await

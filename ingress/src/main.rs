@@ -1,5 +1,5 @@
 //! `herald-ingress`: loads the configuration, sets up logging and runs the service until
-//! SIGTERM or Ctrl-C.
+//! SIGTERM or Ctrl-C. `herald-ingress healthcheck` exits 0 when the running service is ready.
 
 use herald_ingress::Ingress;
 use herald_shared::{
@@ -17,6 +17,14 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        let ready = herald_shared::admin::probe_ready(config.admin_addr);
+        return if ready {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
     telemetry::init(config.common.log_format, &config.common.log_filter);
     tracing::info!(?config, "starting herald-ingress");
     match run(config).await {

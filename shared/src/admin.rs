@@ -94,3 +94,23 @@ async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
     };
     (status, Json(body))
 }
+
+/// `<binary> healthcheck`: asks this container's own admin listener whether it is ready (for
+/// container healthchecks in images that have no curl or shell). True on a 200 from `/readyz`.
+pub fn probe_ready(admin_addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], admin_addr.port()));
+    let timeout = std::time::Duration::from_secs(2);
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&target, timeout) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    if stream
+        .write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut status_line = [0u8; 12];
+    stream.read_exact(&mut status_line).is_ok() && status_line.ends_with(b" 200")
+}

@@ -163,6 +163,19 @@ async fn sigterm_finishes_the_work_in_flight_and_exits_zero() {
         sending == jobs.len()
     })
     .await;
+    // The container healthcheck asks the running dispatcher through its admin port.
+    let healthcheck = || {
+        Command::new(binary("herald-dispatcher"))
+            .env_clear()
+            .envs(stack.env().vars())
+            .env("HERALD_ADMIN_ADDR", admin.to_string())
+            .arg("healthcheck")
+            .status()
+    };
+    assert!(
+        healthcheck().await.unwrap().success(),
+        "the healthcheck sees a ready dispatcher"
+    );
     let pid = child.id().unwrap().to_string();
     assert!(
         Command::new("kill")
@@ -177,6 +190,10 @@ async fn sigterm_finishes_the_work_in_flight_and_exits_zero() {
         .expect("it exits within the grace")
         .unwrap();
     assert_eq!(exit.code(), Some(0), "a clean exit");
+    assert!(
+        !healthcheck().await.unwrap().success(),
+        "nothing answers once it has stopped"
+    );
     // Everything that was in flight was finished, not dropped.
     for job in &jobs {
         assert_eq!(
