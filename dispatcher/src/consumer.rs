@@ -83,7 +83,7 @@ async fn consume_link(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    in_flight.spawn(handler.clone().handle(delivery));
+                    in_flight.spawn(handler.clone().handle(delivery, channel.clone()));
                 }
                 Some(Err(error)) => return Err(error),
                 None => return Ok(()),

@@ -77,7 +77,10 @@ struct Sent {
 }
 
 impl Handler {
-    pub async fn handle(self: Arc<Self>, delivery: Delivery) {
+    /// Handles one delivery to the end. `channel` is the channel it arrived on: holding it
+    /// keeps the channel open until this delivery is settled, even after the consumer is gone
+    /// (lapin closes a channel when its last handle drops, and a closed channel cannot ack).
+    pub async fn handle(self: Arc<Self>, delivery: Delivery, channel: lapin::Channel) {
         let settled = self.settle(&delivery).await;
         let result = match settled {
             Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
@@ -96,6 +99,7 @@ impl Handler {
             // decides what the copy does.
             tracing::warn!(%error, "could not settle a delivery");
         }
+        drop(channel);
     }
 
     async fn settle(&self, delivery: &Delivery) -> Result<(), Abandoned> {

@@ -194,6 +194,29 @@ async fn sigterm_finishes_the_work_in_flight_and_exits_zero() {
         !healthcheck().await.unwrap().success(),
         "nothing answers once it has stopped"
     );
+    // Finished work was acked, not handed back: nothing is waiting in the queue.
+    let topology = herald_shared::amqp::Topology::new(stack.namespace.parse().unwrap());
+    let connection = lapin::Connection::connect(&herald_tests::amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare(
+            topology.dispatch_queue().as_str().into(),
+            passive,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        queue.message_count(),
+        0,
+        "deliveries finished during shutdown were returned unacked"
+    );
     // Everything that was in flight was finished, not dropped.
     for job in &jobs {
         assert_eq!(
