@@ -289,13 +289,15 @@ pub enum Cancel {
     Ended(StatusRecord),
 }
 
-/// Cancels a job not yet sent. Answers the status found (before any change) and the record.
+/// Cancels a job not yet sent (ARGV: now, ttl ms). Answers the status found (before any
+/// change) and the record.
 const CANCEL: &str = r#"
 local key = KEYS[1]
 local status = redis.call('HGET', key, 'status')
 if not status then return {} end
 if status == 'scheduled' or status == 'queued' then
   redis.call('HSET', key, 'status', 'cancelled', 'updatedAt', ARGV[1])
+  redis.call('PEXPIRE', key, ARGV[2])
 end
 return {status, redis.call('HGETALL', key)}
 "#;
@@ -304,6 +306,7 @@ return {status, redis.call('HGETALL', key)}
 const REOPEN: &str = r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updatedAt', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
@@ -312,6 +315,7 @@ const RETRACTED: &str = r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'delivered' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updatedAt', ARGV[1])
 redis.call('HDEL', KEYS[1], 'lastError')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
@@ -444,6 +448,7 @@ impl StatusStore {
             .arg(1)
             .arg(&key)
             .arg(rfc3339(now))
+            .arg(self.ttl.as_millis() as u64)
             .query_async(&mut self.redis.conn())
             .await?;
         let malformed = |reason: &str| StoreError::Malformed {
@@ -485,7 +490,7 @@ impl StatusStore {
         self.transition(RETRACTED, id, now).await
     }
 
-    /// Runs a one-key status transition script (ARGV: now); true if it applied.
+    /// Runs a one-key status transition script (ARGV: now, ttl ms); true if it applied.
     async fn transition(
         &self,
         script: &str,
@@ -497,6 +502,7 @@ impl StatusStore {
             .arg(1)
             .arg(self.key(id))
             .arg(rfc3339(now))
+            .arg(self.ttl.as_millis() as u64)
             .query_async(&mut self.redis.conn())
             .await?;
         Ok(done == 1)
@@ -512,6 +518,7 @@ impl StatusStore {
         let key = self.key(id);
         let mut pipe = redis::pipe();
         pipe.hset(&key, "updatedAt", rfc3339(now)).ignore();
+        pipe.pexpire(&key, self.ttl.as_millis() as i64).ignore();
         match error {
             Some(reason) => pipe.hset(&key, "lastError", reason).ignore(),
             None => pipe.hdel(&key, "lastError").ignore(),
