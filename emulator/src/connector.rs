@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::directory::{Directory, ReceivedActivity};
+use crate::directory::{Conversation, Directory, ReceivedActivity};
 use crate::entra::traceparent;
 use crate::error::{ConnectorError, MAX_ACTIVITY_BYTES};
 use crate::recorder::{Counters, Operation, RecordedRequest, lock};
@@ -430,6 +430,23 @@ fn announce(shared: &Shared, change: &'static str, stored: ReceivedActivity) {
     });
 }
 
+/// The conversation a bot call addresses, with the call's tenant filled in from it; refused
+/// as Teams does when the bot is not (or no longer) a member.
+fn bot_conversation<'d>(
+    directory: &'d mut Directory,
+    conversation_id: &str,
+    target: &mut Target,
+) -> Result<&'d mut Conversation, ConnectorError> {
+    let conversation = directory.conversation_mut(conversation_id)?;
+    target
+        .tenant_id
+        .get_or_insert_with(|| conversation.tenant_id.clone());
+    if !conversation.bot_member {
+        return Err(ConnectorError::BotNotInConversationRoster);
+    }
+    Ok(conversation)
+}
+
 fn send_activity(
     shared: &Shared,
     call: &Call,
@@ -440,13 +457,7 @@ fn send_activity(
     let conversation_id = call.conversation_id.clone().unwrap_or_default();
     let stored = {
         let mut directory = lock(&shared.directory);
-        let conversation = directory.conversation_mut(&conversation_id)?;
-        target
-            .tenant_id
-            .get_or_insert_with(|| conversation.tenant_id.clone());
-        if !conversation.bot_member {
-            return Err(ConnectorError::BotNotInConversationRoster);
-        }
+        bot_conversation(&mut directory, &conversation_id, target)?;
         admit(shared, target.tenant_id.as_deref(), Some(&conversation_id))?;
         store_new(
             shared,
@@ -473,13 +484,7 @@ fn update_activity(
     let activity_id = call.activity_id.clone().unwrap_or_default();
     let stored = {
         let mut directory = lock(&shared.directory);
-        let conversation = directory.conversation_mut(&conversation_id)?;
-        target
-            .tenant_id
-            .get_or_insert_with(|| conversation.tenant_id.clone());
-        if !conversation.bot_member {
-            return Err(ConnectorError::BotNotInConversationRoster);
-        }
+        let conversation = bot_conversation(&mut directory, &conversation_id, target)?;
         let not_found = || ConnectorError::ActivityNotFound {
             conversation: conversation_id.clone(),
             activity: activity_id.clone(),
@@ -514,13 +519,7 @@ fn delete_activity(
     let activity_id = call.activity_id.clone().unwrap_or_default();
     let stored = {
         let mut directory = lock(&shared.directory);
-        let conversation = directory.conversation_mut(&conversation_id)?;
-        target
-            .tenant_id
-            .get_or_insert_with(|| conversation.tenant_id.clone());
-        if !conversation.bot_member {
-            return Err(ConnectorError::BotNotInConversationRoster);
-        }
+        let conversation = bot_conversation(&mut directory, &conversation_id, target)?;
         let stored = conversation
             .activities
             .iter_mut()

@@ -51,13 +51,12 @@ async fn an_operator_lists_dead_letters_and_redrives_them_safely() {
         .await;
 
     // Teams is down for this conversation: the job exhausts its retries.
-    stack.emulator.inject_fault(Fault {
-        conversation_id: Some(conversation.clone()),
-        operation: Some(Operation::SendToConversation),
-        status: 503,
-        times: 0,
-        ..Fault::default()
-    });
+    stack.emulator.inject_fault(
+        Fault::new(503)
+            .conversation(conversation.clone())
+            .operation(Operation::SendToConversation)
+            .times(0),
+    );
     let failed = job_for(&user, "after the outage");
     publish_jobs(&stack.namespace, &[&failed]).await;
     wait_until("the job to fail", Duration::from_secs(20), || async {

@@ -107,13 +107,12 @@ async fn a_delivered_job_published_again_is_not_sent_again() {
 async fn transient_failures_are_retried_until_delivered() {
     let stack = stack_with(StackOptions::default()).await;
     let (user, conversation) = stack.installed_user().await;
-    stack.emulator.inject_fault(Fault {
-        conversation_id: Some(conversation.clone()),
-        operation: Some(Operation::SendToConversation),
-        status: 503,
-        times: 2,
-        ..Fault::default()
-    });
+    stack.emulator.inject_fault(
+        Fault::new(503)
+            .conversation(conversation.clone())
+            .operation(Operation::SendToConversation)
+            .times(2),
+    );
     let job = job_for(&user, "eventually");
     publish_jobs(&stack.namespace, &[&job]).await;
     let delivered = wait_for_status(&stack, &job, JobStatus::Delivered).await;
@@ -126,13 +125,12 @@ async fn transient_failures_are_retried_until_delivered() {
 async fn retries_are_bounded_and_end_in_the_dead_letter_queue() {
     let stack = stack_with(StackOptions::default().with_env("HERALD_MAX_ATTEMPTS", "3")).await;
     let (user, conversation) = stack.installed_user().await;
-    stack.emulator.inject_fault(Fault {
-        conversation_id: Some(conversation.clone()),
-        operation: Some(Operation::SendToConversation),
-        status: 502,
-        times: 0,
-        ..Fault::default()
-    });
+    stack.emulator.inject_fault(
+        Fault::new(502)
+            .conversation(conversation.clone())
+            .operation(Operation::SendToConversation)
+            .times(0),
+    );
     let job = job_for(&user, "never");
     publish_jobs(&stack.namespace, &[&job]).await;
     let failed = wait_for_status(&stack, &job, JobStatus::Failed).await;
@@ -156,14 +154,13 @@ async fn retries_are_bounded_and_end_in_the_dead_letter_queue() {
 async fn permanent_answers_fail_at_once_and_gone_conversations_are_marked() {
     let stack = stack_with(StackOptions::default()).await;
     let (user, conversation) = stack.installed_user().await;
-    stack.emulator.inject_fault(Fault {
-        conversation_id: Some(conversation.clone()),
-        operation: Some(Operation::SendToConversation),
-        status: 400,
-        code: Some("BadArgument".into()),
-        times: 1,
-        ..Fault::default()
-    });
+    stack.emulator.inject_fault(
+        Fault::new(400)
+            .conversation(conversation.clone())
+            .operation(Operation::SendToConversation)
+            .code("BadArgument")
+            .times(1),
+    );
     let bad = job_for(&user, "bad");
     publish_jobs(&stack.namespace, &[&bad]).await;
     let failed = wait_for_status(&stack, &bad, JobStatus::Failed).await;
@@ -356,14 +353,13 @@ async fn a_gcc_tenant_answered_invalid_bot_api_host_moves_to_the_gcc_host() {
     tokio::spawn(dispatcher.run(async move { until.cancelled().await }));
     let (user, conversation) = stack.installed_user().await;
 
-    stack.emulator.inject_fault(Fault {
-        conversation_id: Some(conversation.clone()),
-        operation: Some(Operation::SendToConversation),
-        status: 403,
-        code: Some("InvalidBotApiHost".into()),
-        times: 1,
-        ..Fault::default()
-    });
+    stack.emulator.inject_fault(
+        Fault::new(403)
+            .conversation(conversation.clone())
+            .operation(Operation::SendToConversation)
+            .code("InvalidBotApiHost")
+            .times(1),
+    );
     let job = job_for(&user, "hello, GCC");
     publish_jobs(&stack.namespace, &[&job]).await;
     let delivered = wait_for_status(&stack, &job, JobStatus::Delivered).await;

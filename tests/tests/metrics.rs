@@ -53,14 +53,13 @@ async fn the_metrics_tell_the_story_of_a_scenario() {
     );
 
     // One job throttled once then delivered, one refused by Teams, one due a little later.
-    stack.emulator.inject_fault(Fault {
-        conversation_id: Some(conversation.clone()),
-        operation: Some(Operation::SendToConversation),
-        status: 429,
-        retry_after: Some("1".into()),
-        times: 1,
-        ..Fault::default()
-    });
+    stack.emulator.inject_fault(
+        Fault::new(429)
+            .conversation(conversation.clone())
+            .operation(Operation::SendToConversation)
+            .retry_after("1")
+            .times(1),
+    );
     let throttled = job_for(&user, "throttled first");
     publish_jobs(&stack.namespace, &[&throttled]).await;
     wait_until("the throttled job", Duration::from_secs(20), || async {
@@ -70,14 +69,13 @@ async fn the_metrics_tell_the_story_of_a_scenario() {
             .is_some_and(|s| s.status == JobStatus::Delivered)
     })
     .await;
-    stack.emulator.inject_fault(Fault {
-        conversation_id: Some(conversation.clone()),
-        operation: Some(Operation::SendToConversation),
-        status: 400,
-        code: Some("BadArgument".into()),
-        times: 1,
-        ..Fault::default()
-    });
+    stack.emulator.inject_fault(
+        Fault::new(400)
+            .conversation(conversation.clone())
+            .operation(Operation::SendToConversation)
+            .code("BadArgument")
+            .times(1),
+    );
     let refused_job = job_for(&user, "refused");
     publish_jobs(&stack.namespace, &[&refused_job]).await;
     let mut later = job_for(&user, "a little later");

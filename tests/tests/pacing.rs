@@ -125,15 +125,14 @@ async fn a_429_pauses_the_whole_tenant_for_its_retry_after() {
     let second = TeamsUser::new(tenant.clone(), uuid::Uuid::new_v4().to_string(), "second");
     let first_conversation = stack.install(&first).await;
     stack.install(&second).await;
-    stack.emulator.inject_fault(Fault {
-        conversation_id: Some(first_conversation.clone()),
-        operation: Some(Operation::SendToConversation),
-        status: 429,
-        code: Some("Throttled".into()),
-        retry_after: Some("2".into()),
-        times: 1,
-        ..Fault::default()
-    });
+    stack.emulator.inject_fault(
+        Fault::new(429)
+            .conversation(first_conversation.clone())
+            .operation(Operation::SendToConversation)
+            .code("Throttled")
+            .retry_after("2")
+            .times(1),
+    );
     let throttled = job_for(&first, "throttled");
     publish_jobs(&stack.namespace, &[&throttled]).await;
     wait_until("the 429", Duration::from_secs(10), || async {
