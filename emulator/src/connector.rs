@@ -402,13 +402,21 @@ fn store_new(
     traceparent: Option<String>,
 ) -> Result<ReceivedActivity, ConnectorError> {
     let id = shared.ids.next();
+    store_activity(directory, conversation_id, id, activity, traceparent)
+}
+
+/// Stores an activity under an id already chosen (a thread's first post names the thread).
+fn store_activity(
+    directory: &mut Directory,
+    conversation_id: &str,
+    id: String,
+    activity: Value,
+    traceparent: Option<String>,
+) -> Result<ReceivedActivity, ConnectorError> {
     let stored = ReceivedActivity {
         id,
         conversation_id: conversation_id.to_owned(),
-        text: activity
-            .get("text")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        text: text_of(&activity),
         activity,
         received_at: OffsetDateTime::now_utc(),
         traceparent,
@@ -420,6 +428,14 @@ fn store_new(
         .activities
         .push(stored.clone());
     Ok(stored)
+}
+
+/// An activity's `text`, when it has one.
+fn text_of(activity: &Value) -> Option<String> {
+    activity
+        .get("text")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 fn announce(shared: &Shared, change: &'static str, stored: ReceivedActivity) {
@@ -498,11 +514,7 @@ fn update_activity(
         let stored = &mut conversation.activities[index];
         let previous = std::mem::replace(&mut stored.activity, activity);
         stored.edits.push(previous);
-        stored.text = stored
-            .activity
-            .get("text")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        stored.text = text_of(&stored.activity);
         stored.clone()
     };
     Counters::bump(&shared.recorder.counters.updates);
@@ -583,23 +595,7 @@ fn create_conversation(
         let first_id = shared.ids.next();
         let thread_id = format!("{channel_id};messageid={first_id}");
         directory.create_thread(channel_id, &thread_id);
-        let stored = ReceivedActivity {
-            id: first_id,
-            conversation_id: thread_id.clone(),
-            text: activity
-                .get("text")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            activity,
-            received_at: OffsetDateTime::now_utc(),
-            traceparent,
-            deleted: false,
-            edits: Vec::new(),
-        };
-        directory
-            .conversation_mut(&thread_id)?
-            .activities
-            .push(stored.clone());
+        let stored = store_activity(&mut directory, &thread_id, first_id, activity, traceparent)?;
         (thread_id, Some(stored))
     } else {
         let members = body

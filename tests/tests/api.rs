@@ -17,6 +17,18 @@ async fn stack() -> TestStack {
     .await
 }
 
+/// A team in a fresh tenant with the app installed in it, and the user who installed it.
+async fn team_with_app(stack: &TestStack) -> (TeamsUser, TeamsTeam) {
+    let installer = TeamsUser::random();
+    let team = TeamsTeam::random_in(&installer.tenant_id);
+    stack
+        .emulator
+        .install_team(&team, &installer)
+        .await
+        .unwrap();
+    (installer, team)
+}
+
 fn to_user(user: &TeamsUser) -> Value {
     json!({"user": {"tenantId": user.tenant_id, "aadObjectId": user.aad_object_id}})
 }
@@ -259,13 +271,7 @@ async fn bad_input_is_refused_with_the_field_and_the_reason_and_queues_nothing()
 async fn a_user_herald_never_heard_from_gets_a_new_one_to_one_chat() {
     let stack = stack().await;
     // The app is installed in a team; the user is a member but never opened a chat with it.
-    let installer = TeamsUser::random();
-    let team = TeamsTeam::random_in(&installer.tenant_id);
-    stack
-        .emulator
-        .install_team(&team, &installer)
-        .await
-        .unwrap();
+    let (installer, team) = team_with_app(&stack).await;
     let member = TeamsUser::new(
         installer.tenant_id.clone(),
         uuid::Uuid::new_v4().to_string(),
@@ -324,13 +330,7 @@ async fn a_user_herald_never_heard_from_gets_a_new_one_to_one_chat() {
 #[tokio::test(flavor = "multi_thread")]
 async fn conversations_and_channels_are_targets_and_rich_content_arrives_whole() {
     let stack = stack().await;
-    let installer = TeamsUser::random();
-    let team = TeamsTeam::random_in(&installer.tenant_id);
-    stack
-        .emulator
-        .install_team(&team, &installer)
-        .await
-        .unwrap();
+    let (_, team) = team_with_app(&stack).await;
     let channel = stack.emulator.team_conversation_id(&team);
 
     let card = json!({"contentType": "application/vnd.microsoft.card.adaptive", "content": {
