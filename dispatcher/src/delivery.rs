@@ -15,6 +15,7 @@ use herald_shared::{
     job::{Change, ChangeKind, JOB_TYPE_V1, Job, Target},
     metrics::Metrics,
     store::{Admission, BeginSend, ConversationStore, Outcome, Pacer, StatusRecord, StatusStore},
+    telemetry,
 };
 use lapin::{
     message::Delivery,
@@ -110,8 +111,15 @@ impl Handler {
                 serde_json::from_slice::<Change>(&delivery.data),
             ) {
                 (Some(kind), Ok(change)) => {
-                    let span =
-                        tracing::info_span!("change", job_id = %change.id, op = kind.as_str());
+                    let span = tracing::info_span!(
+                        "change",
+                        otel.name = %format_args!("{} message", kind.as_str()),
+                        otel.kind = "consumer",
+                        job_id = %change.id,
+                        op = kind.as_str(),
+                        trace_id = tracing::field::Empty,
+                    );
+                    telemetry::continue_trace(&span, headers::trace_context(amqp_headers));
                     self.change(kind, &change, delivery).instrument(span).await
                 }
                 (None, _) => {
@@ -138,7 +146,16 @@ impl Handler {
         }
         match Job::from_slice(&delivery.data) {
             Ok(job) => {
-                let span = tracing::info_span!("job", job_id = %job.id);
+                // One span per delivery of the job, in the trace of the request that queued it.
+                let span = tracing::info_span!(
+                    "job",
+                    otel.name = "deliver job",
+                    otel.kind = "consumer",
+                    job_id = %job.id,
+                    attempt = attempts_header(delivery) + 1,
+                    trace_id = tracing::field::Empty,
+                );
+                telemetry::continue_trace(&span, headers::trace_context(amqp_headers));
                 self.process(&job, delivery).instrument(span).await
             }
             Err(error) => self.poison(delivery, &format!("rejected: {error}")).await,
@@ -163,7 +180,6 @@ impl Handler {
     }
 
     async fn process(&self, job: &Job, delivery: &Delivery) -> Result<(), Abandoned> {
-        let amqp_headers = delivery.properties.headers().as_ref();
         let now = OffsetDateTime::now_utc();
         // Early (a delay rounds down to whole seconds; a retry's backoff is in a header)?
         let due = job.due(now).max(not_before(delivery).unwrap_or(now));
@@ -268,8 +284,7 @@ impl Handler {
             Err(ResolveError::Store(_)) => unreachable!("store errors are retried by until_done"),
         };
 
-        let traceparent = headers::text(amqp_headers, headers::TRACEPARENT);
-        match self.send(job, &destination, traceparent.as_deref()).await {
+        match self.send(job, &destination).await {
             Ok(sent) => {
                 tracing::info!(conversation_id = %sent.conversation_id, "delivered");
                 if let Some(due) = job.deliver_at {
@@ -290,12 +305,7 @@ impl Handler {
         }
     }
 
-    async fn send(
-        &self,
-        job: &Job,
-        destination: &Destination,
-        traceparent: Option<&str>,
-    ) -> Result<Sent, ConnectorError> {
+    async fn send(&self, job: &Job, destination: &Destination) -> Result<Sent, ConnectorError> {
         let activity = job.message.to_activity();
         match destination {
             Destination::Conversation {
@@ -303,12 +313,9 @@ impl Handler {
                 conversation_id,
                 ..
             } => {
-                let send = self.connector.send_to_conversation(
-                    service_url,
-                    conversation_id,
-                    &activity,
-                    traceparent,
-                );
+                let send =
+                    self.connector
+                        .send_to_conversation(service_url, conversation_id, &activity);
                 let sent = self.timed("send", send).await?;
                 Ok(Sent {
                     service_url: service_url.clone(),
@@ -326,7 +333,6 @@ impl Handler {
                     tenant_id,
                     channel_id,
                     &activity,
-                    traceparent,
                 );
                 let created = self.timed("create_thread", create).await?;
                 Ok(Sent {
@@ -530,8 +536,6 @@ impl Handler {
                 .publish_delayed(&change.id, delivery, wait, Some(turn), attempts)
                 .await;
         }
-        let traceparent =
-            headers::text(delivery.properties.headers().as_ref(), headers::TRACEPARENT);
         let result = match (kind, &change.message) {
             (ChangeKind::Update, Some(message)) => {
                 let activity = message.to_activity();
@@ -540,7 +544,6 @@ impl Handler {
                     conversation_id,
                     activity_id,
                     &activity,
-                    traceparent.as_deref(),
                 );
                 self.timed("update", update).await
             }
@@ -550,12 +553,9 @@ impl Handler {
                     .await;
             }
             (ChangeKind::Delete, _) => {
-                let delete = self.connector.delete_activity(
-                    service_url,
-                    conversation_id,
-                    activity_id,
-                    traceparent.as_deref(),
-                );
+                let delete =
+                    self.connector
+                        .delete_activity(service_url, conversation_id, activity_id);
                 self.timed("delete", delete).await
             }
         };
@@ -612,8 +612,10 @@ impl Handler {
 
     /// Runs one call to Teams, timing it by operation.
     async fn timed<T>(&self, operation: &'static str, call: impl Future<Output = T>) -> T {
+        // The call's own span is the parent the Bot Connector sees in `traceparent`.
+        let span = tracing::info_span!("teams", otel.name = operation, otel.kind = "client");
         let started = std::time::Instant::now();
-        let result = call.await;
+        let result = call.instrument(span).await;
         let labels = vec![("operation", operation.to_owned())];
         self.metrics
             .teams_request_duration

@@ -1,4 +1,4 @@
-//! `herald-dispatcher`: loads the configuration, sets up logging and runs the service until
+//! `herald-dispatcher`: loads the configuration, sets up logging and tracing, and runs the service until
 //! SIGTERM or Ctrl-C (then drains within `HERALD_SHUTDOWN_GRACE` and exits 0).
 //!
 //! ```text
@@ -31,11 +31,24 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if args.is_empty() {
-        telemetry::init(config.common.log_format, &config.common.log_filter);
+    // The service traces its work; the operator's commands only log, to stderr.
+    let telemetry = if args.is_empty() {
+        match telemetry::init(
+            "herald-dispatcher",
+            config.common.log_format,
+            &config.common.log_filter,
+            &config.common.traces,
+        ) {
+            Ok(telemetry) => Some(telemetry),
+            Err(error) => {
+                eprintln!("herald-dispatcher: {error}");
+                return std::process::ExitCode::from(2);
+            }
+        }
     } else {
         telemetry::init_for_command(config.common.log_format, "warn");
-    }
+        None
+    };
     let result = match args
         .iter()
         .map(String::as_str)
@@ -64,13 +77,16 @@ async fn main() -> std::process::ExitCode {
         }
         _ => return usage(),
     };
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "herald-dispatcher failed");
+        eprintln!("herald-dispatcher: {error:#}");
+    }
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "herald-dispatcher failed");
-            eprintln!("herald-dispatcher: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(_) => std::process::ExitCode::FAILURE,
     }
 }
 

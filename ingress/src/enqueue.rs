@@ -53,7 +53,6 @@ impl Enqueuer {
         &self,
         mut job: Job,
         on_conflict: OnConflict,
-        traceparent: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<Submitted, SubmitError> {
         let to = serde_json::to_value(&job.to).unwrap_or_default();
@@ -90,10 +89,9 @@ impl Enqueuer {
             .deliver_at
             .map(|at| Duration::try_from(at - now).unwrap_or_default())
             .unwrap_or_default();
+        // The dispatcher's span continues the trace of the request that queued the job.
         let mut amqp_headers = FieldTable::default();
-        if let Some(traceparent) = traceparent {
-            headers::set_text(&mut amqp_headers, headers::TRACEPARENT, traceparent);
-        }
+        headers::set_trace_context(&mut amqp_headers);
         self.publisher
             .publish_job(&job.id, &body, delay, amqp_headers)
             .await?;

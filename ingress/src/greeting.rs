@@ -56,7 +56,6 @@ impl Greeter {
         &self,
         reference: &ConversationRef,
         install: InstallState,
-        traceparent: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<(), GreetingError> {
         let (Some(tenant_id), Some(aad_object_id)) =
@@ -92,7 +91,7 @@ impl Greeter {
             // Each activity of the install computes the reminder's time afresh: the first
             // activity's job stands, and a later one only finishes its publish if need be.
             self.enqueuer
-                .submit(job, OnConflict::KeepFirst, traceparent, now)
+                .submit(job, OnConflict::KeepFirst, now)
                 .await?;
         }
         Ok(())

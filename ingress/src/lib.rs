@@ -36,6 +36,7 @@ use herald_shared::{
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 use crate::{
     api::Api,
@@ -120,7 +121,7 @@ impl Ingress {
             .merge(api::router(api))
             .layer(middleware::from_fn_with_state(
                 metrics.clone(),
-                count_requests,
+                observe_requests,
             ));
         Ok(Self {
             http_addr: http.local_addr()?,
@@ -169,19 +170,39 @@ impl Ingress {
     }
 }
 
-/// Counts every request by route (the pattern, not the path: ids would explode the series)
-/// and status, and times it.
-async fn count_requests(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+/// Traces every request, counts it by route (the pattern, not the path: ids would explode
+/// the series) and status, and times it.
+async fn observe_requests(
+    State(metrics): State<Metrics>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    // The request's span continues the caller's trace (a `traceparent` header), and the jobs
+    // the request queues carry it on to the dispatcher.
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    herald_shared::telemetry::continue_http_trace(&span, request.headers());
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
     metrics
         .http_requests
-        .get_or_create(&vec![("route", route.clone()), ("status", status)])
+        .get_or_create(&vec![
+            ("route", route.clone()),
+            ("status", status.to_string()),
+        ])
         .inc();
     metrics
         .http_request_duration

@@ -1,4 +1,4 @@
-//! `herald-ingress`: loads the configuration, sets up logging and runs the service until
+//! `herald-ingress`: loads the configuration, sets up logging and tracing, and runs the service until
 //! SIGTERM or Ctrl-C. `herald-ingress healthcheck` exits 0 when the running service is ready.
 
 use herald_ingress::Ingress;
@@ -25,14 +25,27 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         };
     }
-    telemetry::init(config.common.log_format, &config.common.log_filter);
-    tracing::info!(?config, "starting herald-ingress");
-    match run(config).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let telemetry = match telemetry::init(
+        "herald-ingress",
+        config.common.log_format,
+        &config.common.log_filter,
+        &config.common.traces,
+    ) {
+        Ok(telemetry) => telemetry,
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "herald-ingress failed");
-            std::process::ExitCode::FAILURE
+            eprintln!("herald-ingress: {error}");
+            return std::process::ExitCode::from(2);
         }
+    };
+    tracing::info!(?config, "starting herald-ingress");
+    let result = run(config).await;
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "herald-ingress failed");
+    }
+    telemetry.shutdown();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
     }
 }
 

@@ -27,14 +27,23 @@ pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const API_KEY: &str = "test-api-key";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// Logs to the test output when `RUST_LOG` is set (`RUST_LOG=info cargo test -- --nocapture`).
+/// Logs to the test output when `RUST_LOG` is set (`RUST_LOG=info cargo test -- --nocapture`),
+/// and traces in-process.
 pub fn init_logging() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        herald_shared::telemetry::init(
+    // The tracer is installed even with logging off, so trace context propagates in-process
+    // as it does in the binaries; nothing is exported. One tracer serves the whole process.
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
+        let telemetry = herald_shared::telemetry::init(
+            "herald-tests",
             herald_shared::config::LogFormat::Pretty,
-            &std::env::var("RUST_LOG").unwrap(),
-        );
-    }
+            &filter,
+            &herald_shared::config::TraceExport::Off,
+        )
+        .expect("a tracer with no exporter always builds");
+        std::mem::forget(telemetry);
+    });
 }
 
 /// A fresh namespace: every test has its own queues and keys.

@@ -127,12 +127,7 @@ pub async fn create(
     if job.expires_at.is_some_and(|expires| expires <= now) {
         return Err(Problem::bad_request("expiresAt: is already past"));
     }
-    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    match api
-        .enqueuer
-        .submit(job, OnConflict::Refuse, traceparent, now)
-        .await
-    {
+    match api.enqueuer.submit(job, OnConflict::Refuse, now).await {
         Ok(submitted) => {
             Ok((StatusCode::ACCEPTED, Json(accepted(&submitted.record))).into_response())
         }
@@ -205,7 +200,6 @@ pub async fn get(
 )]
 pub async fn cancel(
     State(api): State<Arc<Api>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let now = OffsetDateTime::now_utc();
@@ -222,7 +216,6 @@ pub async fn cancel(
         Cancel::Delivered(record) => {
             queue_change(
                 &api,
-                &headers,
                 Change {
                     id: id.clone(),
                     message: None,
@@ -260,7 +253,6 @@ pub async fn cancel(
 )]
 pub async fn edit(
     State(api): State<Arc<Api>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<EditRequest>,
 ) -> Result<Response, Problem> {
@@ -283,7 +275,6 @@ pub async fn edit(
     }
     queue_change(
         &api,
-        &headers,
         Change {
             id,
             message: Some(request.message),
@@ -294,16 +285,9 @@ pub async fn edit(
     Ok((StatusCode::ACCEPTED, Json(record)).into_response())
 }
 
-async fn queue_change(
-    api: &Api,
-    headers: &HeaderMap,
-    change: Change,
-    kind: ChangeKind,
-) -> Result<(), Problem> {
+async fn queue_change(api: &Api, change: Change, kind: ChangeKind) -> Result<(), Problem> {
     let mut amqp = FieldTable::default();
-    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        amqp_headers::set_text(&mut amqp, amqp_headers::TRACEPARENT, traceparent);
-    }
+    amqp_headers::set_trace_context(&mut amqp);
     api.enqueuer
         .publisher
         .publish_change(&change, kind, amqp)

@@ -90,12 +90,7 @@ async fn handle(
         "activity recorded"
     );
     if recorded.effect == ActivityEffect::Install {
-        let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-        match bot
-            .greeter
-            .greet(&recorded.reference, install, traceparent, now)
-            .await
-        {
+        match bot.greeter.greet(&recorded.reference, install, now).await {
             Ok(()) => {}
             // Retrying cannot mend an install that names no user; say so and move on.
             Err(GreetingError::NoUser) => {

@@ -40,6 +40,23 @@ pub fn integer(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
     })
 }
 
+/// The W3C trace context a job carries (an empty context when it carries none).
+pub fn trace_context(headers: Option<&FieldTable>) -> opentelemetry::Context {
+    let fields: Vec<(&str, String)> = [TRACEPARENT, TRACESTATE]
+        .into_iter()
+        .filter_map(|key| text(headers, key).map(|value| (key, value)))
+        .collect();
+    crate::telemetry::trace_context_from(fields.iter().map(|(k, v)| (*k, v.as_str())))
+}
+
+/// Writes the current span's trace context into a job's headers, so the dispatcher's span
+/// continues the trace.
+pub fn set_trace_context(headers: &mut FieldTable) {
+    for (key, value) in crate::telemetry::current_trace_context() {
+        set_text(headers, &key, &value);
+    }
+}
+
 pub fn set_text(headers: &mut FieldTable, key: &str, value: &str) {
     headers.insert(
         ShortString::from(key),

@@ -80,7 +80,6 @@ impl BotConnector {
         service_url: &str,
         conversation_id: &str,
         activity: &serde_json::Value,
-        traceparent: Option<&str>,
     ) -> Result<SentActivity, ConnectorError> {
         let url = format!(
             "{}/v3/conversations/{}/activities",
@@ -88,13 +87,7 @@ impl BotConnector {
             utf8_percent_encode(conversation_id, PATH_SEGMENT)
         );
         let body = self
-            .call(
-                reqwest::Method::POST,
-                service_url,
-                &url,
-                Some(activity),
-                traceparent,
-            )
+            .call(reqwest::Method::POST, service_url, &url, Some(activity))
             .await?;
         let parsed: ResourceResponse =
             serde_json::from_str(&body).unwrap_or(ResourceResponse { id: None });
@@ -118,7 +111,7 @@ impl BotConnector {
             "tenantId": tenant_id,
             "channelData": {"tenant": {"id": tenant_id}},
         });
-        self.create_conversation(service_url, &body, None).await
+        self.create_conversation(service_url, &body).await
     }
 
     /// `POST {serviceUrl}/v3/conversations` starting a thread in a channel with `activity`.
@@ -128,7 +121,6 @@ impl BotConnector {
         tenant_id: &str,
         channel_id: &str,
         activity: &serde_json::Value,
-        traceparent: Option<&str>,
     ) -> Result<CreatedConversation, ConnectorError> {
         let body = serde_json::json!({
             "isGroup": true,
@@ -136,25 +128,17 @@ impl BotConnector {
             "tenantId": tenant_id,
             "activity": activity,
         });
-        self.create_conversation(service_url, &body, traceparent)
-            .await
+        self.create_conversation(service_url, &body).await
     }
 
     async fn create_conversation(
         &self,
         service_url: &str,
         body: &serde_json::Value,
-        traceparent: Option<&str>,
     ) -> Result<CreatedConversation, ConnectorError> {
         let url = format!("{}/v3/conversations", service_url.trim_end_matches('/'));
         let text = self
-            .call(
-                reqwest::Method::POST,
-                service_url,
-                &url,
-                Some(body),
-                traceparent,
-            )
+            .call(reqwest::Method::POST, service_url, &url, Some(body))
             .await?;
         serde_json::from_str(&text).map_err(|e| ConnectorError::Teams {
             status: 200,
@@ -171,19 +155,12 @@ impl BotConnector {
         conversation_id: &str,
         activity_id: &str,
         activity: &serde_json::Value,
-        traceparent: Option<&str>,
     ) -> Result<(), ConnectorError> {
         let url = activity_url(service_url, conversation_id, activity_id);
         let mut activity = activity.clone();
         activity["id"] = activity_id.into();
-        self.call(
-            reqwest::Method::PUT,
-            service_url,
-            &url,
-            Some(&activity),
-            traceparent,
-        )
-        .await?;
+        self.call(reqwest::Method::PUT, service_url, &url, Some(&activity))
+            .await?;
         Ok(())
     }
 
@@ -193,17 +170,10 @@ impl BotConnector {
         service_url: &str,
         conversation_id: &str,
         activity_id: &str,
-        traceparent: Option<&str>,
     ) -> Result<(), ConnectorError> {
         let url = activity_url(service_url, conversation_id, activity_id);
-        self.call(
-            reqwest::Method::DELETE,
-            service_url,
-            &url,
-            None,
-            traceparent,
-        )
-        .await?;
+        self.call(reqwest::Method::DELETE, service_url, &url, None)
+            .await?;
         Ok(())
     }
 
@@ -214,7 +184,6 @@ impl BotConnector {
         service_url: &str,
         url: &str,
         body: Option<&serde_json::Value>,
-        traceparent: Option<&str>,
     ) -> Result<String, ConnectorError> {
         if !self.allowlist.allows(service_url) {
             return Err(ConnectorError::ServiceUrlNotAllowed(service_url.to_owned()));
@@ -227,9 +196,10 @@ impl BotConnector {
         if let Some(body) = body {
             request = request.json(body);
         }
-        if let Some(traceparent) = traceparent {
-            request = request.header("traceparent", traceparent);
-        }
+        // The call continues the trace of the job it is made for.
+        let mut trace_headers = header::HeaderMap::new();
+        crate::telemetry::inject_http(&mut trace_headers);
+        request = request.headers(trace_headers);
         let response = request.send().await.map_err(ConnectorError::Transport)?;
         let status = response.status();
         let retry_after = response
