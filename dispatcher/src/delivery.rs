@@ -224,13 +224,20 @@ impl Handler {
         let now = OffsetDateTime::now_utc();
         let to = serde_json::to_value(&job.to).unwrap_or_default();
         let fresh = StatusRecord::new(&job.id, to, job.deliver_at, now);
-        let claim = self
-            .until_done("claim", || {
-                self.statuses
-                    .begin_send(&fresh, &owner, self.send_lease, now)
-            })
-            .await?;
-        match claim {
+        let claim = self.until_done("claim", || {
+            self.statuses
+                .begin_send(&fresh, &owner, self.send_lease, now)
+        });
+        // The target's lookup only reads, so it runs beside the claim: the two commands share
+        // one round trip on the multiplexed connection. A copy that loses the claim drops it.
+        let look_up = || async {
+            match self.resolver.look_up(&job.to).await {
+                Err(ResolveError::Store(error)) => Err(error),
+                other => Ok(other),
+            }
+        };
+        let (claim, lookup) = tokio::join!(claim, self.until_done("look up the target", look_up));
+        match claim? {
             BeginSend::Finished(status) => {
                 tracing::info!(%status, "job already ended; dropping this copy");
                 self.metrics.job("duplicate");
@@ -262,13 +269,21 @@ impl Handler {
             return self.finish(&job.id, &owner, Outcome::Expired, 0).await;
         }
 
-        let resolve = || async {
-            match self.resolver.resolve(&job.to).await {
-                Err(ResolveError::Store(error)) => Err(error),
-                other => Ok(other),
+        let destination = match lookup? {
+            // A user Herald has not heard from: their 1:1 chat is created now that the send
+            // is ours.
+            Ok(lookup) => {
+                let complete = || async {
+                    match self.resolver.complete(&lookup).await {
+                        Err(ResolveError::Store(error)) => Err(error),
+                        other => Ok(other),
+                    }
+                };
+                self.until_done("look up the target", complete).await?
             }
+            Err(error) => Err(error),
         };
-        let destination = match self.until_done("look up the target", resolve).await? {
+        let destination = match destination {
             Ok(destination) => destination,
             Err(ResolveError::Unreachable(why)) => {
                 tracing::info!(reason = %why, "job cannot be delivered");

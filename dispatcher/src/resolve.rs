@@ -69,34 +69,46 @@ pub struct Resolver {
     pub default_service_url: Option<String>,
 }
 
+/// What the stores say about a target, before anything is created in Teams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Ready(Destination),
+    /// Herald has not heard from this user: their 1:1 chat must be created first.
+    NewPersonalChat {
+        tenant_id: String,
+        aad_object_id: String,
+    },
+}
+
 impl Resolver {
-    pub async fn resolve(&self, target: &Target) -> Result<Destination, ResolveError> {
+    /// Where `target` is, from the stores alone (no call to Teams, so it can run beside the
+    /// send claim): usually one round trip.
+    pub async fn look_up(&self, target: &Target) -> Result<Lookup, ResolveError> {
         match target {
             Target::User(user) => {
                 let stored = self
                     .conversations
                     .personal_conversation(&user.tenant_id, &user.aad_object_id)
                     .await?;
-                let reference = match stored {
+                match stored {
                     // An uninstall or a "gone" answer is the user's word: no new chat behind it.
                     Some(reference) if reference.is_removed() => {
                         let reason = reference.removed_reason.unwrap_or_default();
-                        return Err(Unreachable(format!(
-                            "the user's conversation was removed: {reason}"
-                        ))
-                        .into());
+                        Err(
+                            Unreachable(format!("the user's conversation was removed: {reason}"))
+                                .into(),
+                        )
                     }
-                    Some(reference) => reference,
-                    None => {
-                        self.create_personal_conversation(&user.tenant_id, &user.aad_object_id)
-                            .await?
-                    }
-                };
-                Ok(Destination::Conversation {
-                    service_url: reference.service_url,
-                    conversation_id: reference.conversation_id,
-                    tenant_id: Some(user.tenant_id.clone()),
-                })
+                    Some(reference) => Ok(Lookup::Ready(Destination::Conversation {
+                        service_url: reference.service_url,
+                        conversation_id: reference.conversation_id,
+                        tenant_id: Some(user.tenant_id.clone()),
+                    })),
+                    None => Ok(Lookup::NewPersonalChat {
+                        tenant_id: user.tenant_id.clone(),
+                        aad_object_id: user.aad_object_id.clone(),
+                    }),
+                }
             }
             Target::Conversation(conversation) => {
                 let stored = self.conversations.get(&conversation.id).await?;
@@ -114,17 +126,38 @@ impl Resolver {
                     (None, Some(reference)) => reference.service_url,
                     (None, None) => self.tenant_service_url(tenant_id.as_deref()).await?,
                 };
-                Ok(Destination::Conversation {
+                Ok(Lookup::Ready(Destination::Conversation {
                     service_url,
                     conversation_id: conversation.id.clone(),
                     tenant_id,
-                })
+                }))
             }
-            Target::Channel(channel) => Ok(Destination::ChannelThread {
+            Target::Channel(channel) => Ok(Lookup::Ready(Destination::ChannelThread {
                 service_url: self.tenant_service_url(Some(&channel.tenant_id)).await?,
                 tenant_id: channel.tenant_id.clone(),
                 channel_id: channel.channel_id.clone(),
-            }),
+            })),
+        }
+    }
+
+    /// The destination of a lookup, creating the user's 1:1 chat in Teams if need be; call it
+    /// only once the send is claimed.
+    pub async fn complete(&self, lookup: &Lookup) -> Result<Destination, ResolveError> {
+        match lookup {
+            Lookup::Ready(destination) => Ok(destination.clone()),
+            Lookup::NewPersonalChat {
+                tenant_id,
+                aad_object_id,
+            } => {
+                let reference = self
+                    .create_personal_conversation(tenant_id, aad_object_id)
+                    .await?;
+                Ok(Destination::Conversation {
+                    service_url: reference.service_url,
+                    conversation_id: reference.conversation_id,
+                    tenant_id: Some(tenant_id.clone()),
+                })
+            }
         }
     }
 

@@ -6,6 +6,9 @@
 //! - `{ns}:tenant:{tenantId}`: the tenant's most recent serviceUrl (Microsoft's multi-geo
 //!   guidance: use the latest one seen, not a global constant).
 
+use std::sync::LazyLock;
+
+use redis::Script;
 use std::collections::HashMap;
 
 use redis::AsyncCommands;
@@ -132,7 +135,9 @@ pub struct InstallState {
 }
 
 /// Upserts the reference and applies the effect atomically, on the one conversation key.
-const RECORD_ACTIVITY: &str = r#"
+static RECORD_ACTIVITY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local key = KEYS[1]
 local effect = ARGV[1]
 for i = 3, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
@@ -148,14 +153,41 @@ if effect == 'install' and redis.call('HGET', key, 'installed') ~= '1' then
   return {redis.call('HINCRBY', key, 'installGeneration', 1), 1}
 end
 return {generation, 0}
-"#;
+"#,
+    )
+});
+
+/// KEYS: the user's index. ARGV: the prefix of reference keys. Answers the reference's fields
+/// (none if the user has no personal conversation stored). Reads a key it is not given, so it
+/// runs only on a single Redis server.
+static PERSONAL_CONVERSATION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local id = redis.call('GET', KEYS[1])
+if not id then return {} end
+return redis.call('HGETALL', ARGV[1] .. id)
+"#,
+    )
+});
 
 /// Marks a reference removed without touching anything else (a "gone" answer from Teams).
-const MARK_REMOVED: &str = r#"
+/// Moves a stored reference to another serviceUrl; a missing one stays missing (HSET alone
+/// would create a stub).
+static MOVE_IF_STORED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'serviceUrl', ARGV[1]) end return 0",
+    )
+});
+
+static MARK_REMOVED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'removed', 'removedReason', ARGV[1], 'installed', '0')
 return 1
-"#;
+"#,
+    )
+});
 
 #[derive(Debug, Clone)]
 pub struct ConversationStore {
@@ -176,10 +208,8 @@ impl ConversationStore {
             ActivityEffect::Install => ("install", ""),
             ActivityEffect::Remove { reason } => ("remove", reason.as_str()),
         };
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(RECORD_ACTIVITY)
-            .arg(1)
-            .arg(self.redis.key("conv", &reference.conversation_id))
+        let mut eval = RECORD_ACTIVITY.prepare_invoke();
+        eval.key(self.redis.key("conv", &reference.conversation_id))
             .arg(effect)
             .arg(reason);
         for (field, value) in reference.fields() {
@@ -215,7 +245,7 @@ impl ConversationStore {
         };
         let mut conn = self.redis.conn();
         let ((generation, new_install), (), ()) = futures_util::future::try_join3(
-            eval.query_async::<(u64, u8)>(&mut conn),
+            eval.invoke_async::<(u64, u8)>(&mut conn),
             optional(user_index),
             optional(tenant_url),
         )
@@ -241,11 +271,21 @@ impl ConversationStore {
         tenant_id: &str,
         aad_object_id: &str,
     ) -> Result<Option<ConversationRef>, StoreError> {
-        let id: Option<String> = self
-            .redis
-            .conn()
-            .get(self.user_key(tenant_id, aad_object_id))
-            .await?;
+        let user_key = self.user_key(tenant_id, aad_object_id);
+        if !self.redis.is_cluster() {
+            // One round trip: the script follows the index to the reference. (On a cluster
+            // the two keys live in different slots, so it takes two.)
+            let hash: HashMap<String, String> = PERSONAL_CONVERSATION
+                .key(&user_key)
+                .arg(self.redis.key("conv", ""))
+                .invoke_async(&mut self.redis.conn())
+                .await?;
+            if hash.is_empty() {
+                return Ok(None);
+            }
+            return ConversationRef::from_hash(&user_key, hash).map(Some);
+        }
+        let id: Option<String> = self.redis.conn().get(user_key).await?;
         match id {
             Some(id) => self.get(&id).await,
             None => Ok(None),
@@ -277,12 +317,10 @@ impl ConversationStore {
             match conversation_id {
                 // Only a stored reference moves; HSET would create a stub otherwise.
                 Some(id) => {
-                    redis::cmd("EVAL")
-                        .arg("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'serviceUrl', ARGV[1]) end return 0")
-                        .arg(1)
-                        .arg(self.redis.key("conv", id))
+                    MOVE_IF_STORED
+                        .key(self.redis.key("conv", id))
                         .arg(service_url)
-                        .query_async::<i64>(&mut conversation)
+                        .invoke_async::<i64>(&mut conversation)
                         .await
                 }
                 None => Ok(0),
@@ -298,12 +336,10 @@ impl ConversationStore {
         conversation_id: &str,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        let done: u8 = redis::cmd("EVAL")
-            .arg(MARK_REMOVED)
-            .arg(1)
-            .arg(self.redis.key("conv", conversation_id))
+        let done: u8 = MARK_REMOVED
+            .key(self.redis.key("conv", conversation_id))
             .arg(reason)
-            .query_async(&mut self.redis.conn())
+            .invoke_async(&mut self.redis.conn())
             .await?;
         Ok(done == 1)
     }

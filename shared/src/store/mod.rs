@@ -98,6 +98,11 @@ impl Redis {
         format!("{}:{kind}:{id}", self.namespace)
     }
 
+    /// Whether this is a Redis Cluster, where a script may touch only the keys it is given.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.connection, Connection::Cluster(_))
+    }
+
     /// Whether Redis answers a PING now (readiness).
     pub async fn ping(&self) -> bool {
         let mut conn = self.conn();

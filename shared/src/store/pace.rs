@@ -11,6 +11,9 @@
 //! Keys share a hash tag per tenant (`{ns}:pace:{t:<tenant>}:…`), so the script's keys sit in
 //! one Redis Cluster slot.
 
+use std::sync::LazyLock;
+
+use redis::Script;
 use std::time::Duration;
 
 use super::{Redis, StoreError};
@@ -27,7 +30,9 @@ pub enum Admission {
 
 /// KEYS: conversation log, conversation turns, tenant log, tenant turns, tenant pause.
 /// ARGV: member, n conversation limits, then n pairs (count, window ms), m tenant limits, pairs.
-const ADMIT: &str = r#"
+static ADMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local pause = tonumber(redis.call('GET', KEYS[5]) or '0')
@@ -76,10 +81,14 @@ if tenant_wait > conv_wait then turns, wait, interval = KEYS[4], tenant_wait, te
 local next_turn = math.max(tonumber(redis.call('GET', turns) or '0'), now + wait)
 redis.call('SET', turns, next_turn + interval, 'PX', next_turn + interval - now + 1000)
 return {0, next_turn - now}
-"#;
+"#,
+    )
+});
 
 /// Pauses a tenant until a time, never shortening a pause already set.
-const PAUSE: &str = r#"
+static PAUSE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local until_ms = now + tonumber(ARGV[1])
@@ -87,7 +96,9 @@ if until_ms > tonumber(redis.call('GET', KEYS[1]) or '0') then
   redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 1000)
 end
 return until_ms
-"#;
+"#,
+    )
+});
 
 /// Added to every window: a send is admitted on Redis' clock but counted by Teams when it
 /// arrives, and the few milliseconds between can put two sends a window apart into one window.
@@ -125,14 +136,12 @@ impl Pacer {
         } else {
             &[]
         };
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(ADMIT)
-            .arg(5)
-            .arg(self.key(scope, &format!("conv:{thread}")))
-            .arg(self.key(scope, &format!("conv-turns:{thread}")))
-            .arg(self.key(scope, "tenant"))
-            .arg(self.key(scope, "tenant-turns"))
-            .arg(self.key(scope, "pause"))
+        let mut cmd = ADMIT.prepare_invoke();
+        cmd.key(self.key(scope, &format!("conv:{thread}")))
+            .key(self.key(scope, &format!("conv-turns:{thread}")))
+            .key(self.key(scope, "tenant"))
+            .key(self.key(scope, "tenant-turns"))
+            .key(self.key(scope, "pause"))
             .arg(uuid::Uuid::new_v4().simple().to_string());
         for limits in [&self.conversation_limits.0[..], tenant_limits] {
             cmd.arg(limits.len());
@@ -141,7 +150,7 @@ impl Pacer {
                     .arg(limit.window.as_millis() as u64 + SAFETY_MARGIN_MS);
             }
         }
-        let (admitted, wait_ms): (u8, u64) = cmd.query_async(&mut self.redis.conn()).await?;
+        let (admitted, wait_ms): (u8, u64) = cmd.invoke_async(&mut self.redis.conn()).await?;
         Ok(if admitted == 1 {
             Admission::Now
         } else {
@@ -155,12 +164,10 @@ impl Pacer {
         tenant: &str,
         retry_after: Duration,
     ) -> Result<(), StoreError> {
-        redis::cmd("EVAL")
-            .arg(PAUSE)
-            .arg(1)
-            .arg(self.key(tenant, "pause"))
+        PAUSE
+            .key(self.key(tenant, "pause"))
             .arg(retry_after.as_millis().max(1) as u64)
-            .query_async::<i64>(&mut self.redis.conn())
+            .invoke_async::<i64>(&mut self.redis.conn())
             .await?;
         Ok(())
     }

@@ -6,6 +6,9 @@
 //! duplicate publish) that arrives meanwhile waits, and one that arrives after the deadline
 //! takes over — that takeover after a crashed send is the only window for a duplicate message.
 
+use std::sync::LazyLock;
+
+use redis::Script;
 use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
 
 use redis::AsyncCommands;
@@ -220,17 +223,23 @@ pub enum Outcome {
 }
 
 /// Creates the record unless it exists; answers the existing record's fields, or nothing.
-const CREATE: &str = r#"
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 1 then return redis.call('HGETALL', key) end
 for i = 2, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', key, ARGV[1])
 return {}
-"#;
+"#,
+    )
+});
 
 /// ARGV: owner, now_ms, lease_ms, ttl_ms, now (rfc3339), then the fields of a fresh record,
 /// used when this job was never seen (published straight to AMQP by another service).
-const BEGIN_SEND: &str = r#"
+static BEGIN_SEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local key = KEYS[1]
 local owner, now_ms, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 if redis.call('EXISTS', key) == 0 then
@@ -251,12 +260,16 @@ redis.call('HSET', key, 'status', 'sending', 'leaseOwner', owner, 'leaseUntil', 
   'updatedAt', ARGV[5], 'published', '1')
 redis.call('PEXPIRE', key, ARGV[4])
 return {'claimed', tostring(took_over)}
-"#;
+"#,
+    )
+});
 
 /// ARGV: new status, attempts made, owner, ttl_ms, then fields to set (empty value = delete).
 /// A terminal status is never replaced by anything but `delivered` (the truth about a message
 /// that did reach Teams, e.g. one cancelled while its send was in flight).
-const FINISH: &str = r#"
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local key = KEYS[1]
 local new, owner = ARGV[1], ARGV[3]
 local current = redis.call('HGET', key, 'status')
@@ -272,7 +285,9 @@ end
 if redis.call('HGET', key, 'leaseOwner') == owner then redis.call('HDEL', key, 'leaseOwner', 'leaseUntil') end
 redis.call('PEXPIRE', key, ARGV[4])
 return new
-"#;
+"#,
+    )
+});
 
 /// What a cancellation found.
 #[derive(Debug, Clone, PartialEq)]
@@ -291,7 +306,9 @@ pub enum Cancel {
 
 /// Cancels a job not yet sent (ARGV: now, ttl ms). Answers the status found (before any
 /// change) and the record.
-const CANCEL: &str = r#"
+static CANCEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local key = KEYS[1]
 local status = redis.call('HGET', key, 'status')
 if not status then return {} end
@@ -300,24 +317,34 @@ if status == 'scheduled' or status == 'queued' then
   redis.call('PEXPIRE', key, ARGV[2])
 end
 return {status, redis.call('HGETALL', key)}
-"#;
+"#,
+    )
+});
 
 /// A failed job goes back to `queued`; its history (attempts, last error) stays.
-const REOPEN: &str = r#"
+static REOPEN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updatedAt', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
-"#;
+"#,
+    )
+});
 
 /// A delivered message was deleted in Teams: the job ends `cancelled`.
-const RETRACTED: &str = r#"
+static RETRACTED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'delivered' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updatedAt', ARGV[1])
 redis.call('HDEL', KEYS[1], 'lastError')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
-"#;
+"#,
+    )
+});
 
 #[derive(Debug, Clone)]
 pub struct StatusStore {
@@ -340,15 +367,12 @@ impl StatusStore {
         record: &StatusRecord,
     ) -> Result<Result<(), StatusRecord>, StoreError> {
         let key = self.key(&record.id);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(CREATE)
-            .arg(1)
-            .arg(&key)
-            .arg(self.ttl.as_millis() as u64);
+        let mut cmd = CREATE.prepare_invoke();
+        cmd.key(&key).arg(self.ttl.as_millis() as u64);
         for (field, value) in record.fields() {
             cmd.arg(field).arg(value);
         }
-        let existing: HashMap<String, String> = cmd.query_async(&mut self.redis.conn()).await?;
+        let existing: HashMap<String, String> = cmd.invoke_async(&mut self.redis.conn()).await?;
         if existing.is_empty() {
             Ok(Ok(()))
         } else {
@@ -387,10 +411,8 @@ impl StatusStore {
         now: OffsetDateTime,
     ) -> Result<BeginSend, StoreError> {
         let key = self.key(&fresh.id);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(BEGIN_SEND)
-            .arg(1)
-            .arg(&key)
+        let mut cmd = BEGIN_SEND.prepare_invoke();
+        cmd.key(&key)
             .arg(owner)
             .arg(unix_ms(now))
             .arg(lease.as_millis() as u64)
@@ -399,7 +421,7 @@ impl StatusStore {
         for (field, value) in fresh.fields() {
             cmd.arg(field).arg(value);
         }
-        let reply: redis::Value = cmd.query_async(&mut self.redis.conn()).await?;
+        let reply: redis::Value = cmd.invoke_async(&mut self.redis.conn()).await?;
         let malformed = |reason: &str| StoreError::Malformed {
             key: key.clone(),
             reason: reason.to_owned(),
@@ -443,13 +465,11 @@ impl StatusStore {
         now: OffsetDateTime,
     ) -> Result<Option<Cancel>, StoreError> {
         let key = self.key(id);
-        let reply: redis::Value = redis::cmd("EVAL")
-            .arg(CANCEL)
-            .arg(1)
-            .arg(&key)
+        let reply: redis::Value = CANCEL
+            .key(&key)
             .arg(rfc3339(now))
             .arg(self.ttl.as_millis() as u64)
-            .query_async(&mut self.redis.conn())
+            .invoke_async(&mut self.redis.conn())
             .await?;
         let malformed = |reason: &str| StoreError::Malformed {
             key: key.clone(),
@@ -482,28 +502,26 @@ impl StatusStore {
     /// Gives a `failed` job another chance (an operator redrives it from the dead-letter
     /// queue); true if it was failed. Delivered, cancelled and expired jobs stay as they are.
     pub async fn reopen(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
-        self.transition(REOPEN, id, now).await
+        self.transition(&REOPEN, id, now).await
     }
 
     /// The delivered message was deleted in Teams; the job ends `cancelled`.
     pub async fn mark_retracted(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
-        self.transition(RETRACTED, id, now).await
+        self.transition(&RETRACTED, id, now).await
     }
 
     /// Runs a one-key status transition script (ARGV: now, ttl ms); true if it applied.
     async fn transition(
         &self,
-        script: &str,
+        script: &Script,
         id: &str,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let done: u8 = redis::cmd("EVAL")
-            .arg(script)
-            .arg(1)
-            .arg(self.key(id))
+        let done: u8 = script
+            .key(self.key(id))
             .arg(rfc3339(now))
             .arg(self.ttl.as_millis() as u64)
-            .query_async(&mut self.redis.conn())
+            .invoke_async(&mut self.redis.conn())
             .await?;
         Ok(done == 1)
     }
@@ -575,10 +593,8 @@ impl StatusStore {
             ),
             Outcome::Expired => (JobStatus::Expired, vec![]),
         };
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(FINISH)
-            .arg(1)
-            .arg(self.key(id))
+        let mut cmd = FINISH.prepare_invoke();
+        cmd.key(self.key(id))
             .arg(status.as_str())
             .arg(attempts_made)
             .arg(owner)
@@ -588,7 +604,7 @@ impl StatusStore {
         for (field, value) in fields {
             cmd.arg(field).arg(value);
         }
-        let stored: String = cmd.query_async(&mut self.redis.conn()).await?;
+        let stored: String = cmd.invoke_async(&mut self.redis.conn()).await?;
         stored.parse().map_err(|reason| StoreError::Malformed {
             key: self.key(id),
             reason,
