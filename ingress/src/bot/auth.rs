@@ -4,6 +4,10 @@
 //! Keys come from the OpenID metadata document's `jwks_uri`, cached for a day and fetched
 //! again when a token names an unknown `kid` (at most once per [`UNKNOWN_KID_REFRESH`], so a
 //! flood of forged `kid`s cannot turn Herald into a load generator against Microsoft).
+//!
+//! Teams signs one token per serviceUrl and sends it with every activity until it nearly
+//! expires, so a token that passed every check is remembered ([`VerifiedTokens`]) and the RSA
+//! check, most of an activity's cost, runs once per token rather than once per activity.
 
 use std::{
     collections::HashMap,
@@ -78,6 +82,48 @@ impl VerifiedToken {
 #[derive(Deserialize)]
 struct Claims {
     serviceurl: Option<String>,
+    exp: u64,
+}
+
+/// Tokens that passed every check, by their SHA-256, until their `exp` (plus the tolerated
+/// skew, as when they were checked). Emptied whenever the keys are fetched again, so a key
+/// Microsoft withdraws takes its tokens with it, and when full, which only a flood of distinct
+/// valid tokens could cause.
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    entries: HashMap<[u8; 32], (VerifiedToken, u64)>,
+}
+
+impl VerifiedTokens {
+    const CAPACITY: usize = 10_000;
+
+    fn digest(token: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// The token's verified claims, if it was verified and is still within its lifetime.
+    pub fn get(&self, token: &str, now_unix: u64) -> Option<VerifiedToken> {
+        let (verified, exp) = self.entries.get(&Self::digest(token))?;
+        (now_unix <= exp.saturating_add(CLOCK_SKEW_SECS)).then(|| verified.clone())
+    }
+
+    pub fn insert(&mut self, token: &str, verified: VerifiedToken, exp: u64) {
+        if self.entries.len() >= Self::CAPACITY {
+            self.entries.clear();
+        }
+        self.entries.insert(Self::digest(token), (verified, exp));
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[derive(Deserialize)]
@@ -117,6 +163,7 @@ pub struct BotAuthenticator {
     metadata_url: url::Url,
     validation: Validation,
     cache: RwLock<KeyCache>,
+    verified: RwLock<VerifiedTokens>,
     fetching: tokio::sync::Mutex<()>,
     unknown_kid_refresh: Duration,
 }
@@ -147,6 +194,7 @@ impl BotAuthenticator {
             metadata_url,
             validation,
             cache: RwLock::new(KeyCache::default()),
+            verified: RwLock::new(VerifiedTokens::default()),
             fetching: tokio::sync::Mutex::new(()),
             unknown_kid_refresh: UNKNOWN_KID_REFRESH,
         }
@@ -163,6 +211,14 @@ impl BotAuthenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MissingToken)?;
+        let known = self
+            .verified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token, unix_now());
+        if let Some(known) = known {
+            return Ok(known);
+        }
         // The header is read before any key is touched: `none` and HMAC tokens are refused
         // here, so a public key can never be used as an HMAC secret.
         let header = decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
@@ -175,10 +231,15 @@ impl BotAuthenticator {
         let key = self.key(&kid).await?;
         let data = decode::<Claims>(token, &key.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        Ok(VerifiedToken {
+        let verified = VerifiedToken {
             service_url: data.claims.serviceurl,
             endorsements: key.endorsements.clone(),
-        })
+        };
+        self.verified
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, verified.clone(), data.claims.exp);
+        Ok(verified)
     }
 
     async fn key(&self, kid: &str) -> Result<std::sync::Arc<PublishedKey>, AuthError> {
@@ -250,6 +311,10 @@ impl BotAuthenticator {
         tracing::info!(keys = keys.len(), "fetched Teams' signing keys");
         cache.keys = keys;
         cache.fetched_at = Some(Instant::now());
+        self.verified
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Ok(())
     }
 
@@ -296,5 +361,64 @@ impl BotAuthenticator {
             ));
         }
         Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vouching_for(service_url: &str) -> VerifiedToken {
+        VerifiedToken {
+            service_url: Some(service_url.to_owned()),
+            endorsements: vec!["msteams".into()],
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_for_its_lifetime_only() {
+        let mut tokens = VerifiedTokens::default();
+        let exp = 1_000_000;
+        tokens.insert(
+            "header.claims.signature",
+            vouching_for("https://smba/"),
+            exp,
+        );
+
+        let known = tokens.get("header.claims.signature", exp - 60).unwrap();
+        assert!(known.check_activity("https://smba", "msteams").is_ok());
+        // The same skew as the full check allows, and not a second more.
+        assert!(
+            tokens
+                .get("header.claims.signature", exp + CLOCK_SKEW_SECS)
+                .is_some()
+        );
+        assert!(
+            tokens
+                .get("header.claims.signature", exp + CLOCK_SKEW_SECS + 1)
+                .is_none()
+        );
+        // Any other token, however similar, goes through the full check.
+        assert!(tokens.get("header.claims.signaturf", exp - 60).is_none());
+        assert!(tokens.get("header.claims.signature ", exp - 60).is_none());
+
+        tokens.clear();
+        assert!(tokens.get("header.claims.signature", exp - 60).is_none());
+    }
+
+    #[test]
+    fn a_full_cache_starts_again_rather_than_growing() {
+        let mut tokens = VerifiedTokens::default();
+        for i in 0..VerifiedTokens::CAPACITY {
+            tokens.insert(
+                &format!("token-{i}"),
+                vouching_for("https://smba/"),
+                u64::MAX / 2,
+            );
+        }
+        assert_eq!(tokens.entries.len(), VerifiedTokens::CAPACITY);
+        tokens.insert("one-more", vouching_for("https://smba/"), u64::MAX / 2);
+        assert_eq!(tokens.entries.len(), 1);
+        assert!(tokens.get("one-more", 0).is_some());
     }
 }
