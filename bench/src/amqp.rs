@@ -1,0 +1,216 @@
+//! Publishing jobs the way another service does (persistent, `mandatory`, confirmed), and the
+//! broker's own ceiling: the same bodies through a scratch quorum queue, consumed and acked one
+//! by one with no work in between.
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, ensure};
+use futures_util::StreamExt;
+use herald_shared::{amqp::Topology, config::Namespace};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+use time::OffsetDateTime;
+
+/// Confirms awaited at most this far behind the publishes.
+const CONFIRM_WINDOW: usize = 2048;
+
+#[derive(Debug)]
+pub struct Amqp {
+    connection: Connection,
+    channel: Channel,
+}
+
+/// How a batch of publishes went.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    /// Wall-clock time of the first publish (comparable to the emulator's receive times).
+    pub first_at: OffsetDateTime,
+    /// From the first publish to the last confirm.
+    pub took: Duration,
+}
+
+impl Amqp {
+    pub async fn connect() -> anyhow::Result<Self> {
+        let connection =
+            Connection::connect(&herald_tests::amqp_url(), ConnectionProperties::default())
+                .await
+                .context("connecting to RabbitMQ")?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            connection,
+            channel,
+        })
+    }
+
+    /// Publishes `count` messages made by `make(i)` → (message id, body) to `{ns}.jobs`.
+    pub async fn publish_jobs(
+        &self,
+        namespace: &str,
+        count: usize,
+        make: impl FnMut(usize) -> (String, Vec<u8>),
+    ) -> anyhow::Result<Published> {
+        let topology = Topology::new(
+            namespace
+                .parse::<Namespace>()
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
+        self.publish(&topology.jobs_exchange(), "notification", count, make)
+            .await
+    }
+
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        count: usize,
+        mut make: impl FnMut(usize) -> (String, Vec<u8>),
+    ) -> anyhow::Result<Published> {
+        let first_at = OffsetDateTime::now_utc();
+        let started = Instant::now();
+        let mut pending: VecDeque<PublisherConfirm> = VecDeque::with_capacity(CONFIRM_WINDOW);
+        for i in 0..count {
+            let (id, body) = make(i);
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_message_id(id.as_str().into());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await?;
+            pending.push_back(confirm);
+            if pending.len() >= CONFIRM_WINDOW
+                && let Some(oldest) = pending.pop_front()
+            {
+                confirmed(oldest).await?;
+            }
+        }
+        for confirm in pending {
+            confirmed(confirm).await?;
+        }
+        Ok(Published {
+            first_at,
+            took: started.elapsed(),
+        })
+    }
+
+    /// The broker's ceiling for these bodies: published to a scratch quorum queue, then
+    /// consumed with `prefetch` and acked one by one. Returns (publish, consume+ack) timings.
+    pub async fn ceiling(
+        &self,
+        namespace: &str,
+        prefetch: u16,
+        count: usize,
+        make: impl FnMut(usize) -> (String, Vec<u8>),
+    ) -> anyhow::Result<(Duration, Duration)> {
+        let queue = format!("{namespace}.bench-ceiling");
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+        self.channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await?;
+        let result = self.ceiling_on(&queue, prefetch, count, make).await;
+        let deleted = self
+            .channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let timings = result?;
+        deleted?;
+        Ok(timings)
+    }
+
+    async fn ceiling_on(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        count: usize,
+        make: impl FnMut(usize) -> (String, Vec<u8>),
+    ) -> anyhow::Result<(Duration, Duration)> {
+        let published = self.publish("", queue, count, make).await?;
+        let channel = self.connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let started = Instant::now();
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "bench-ceiling".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut acked = 0;
+        while acked < count {
+            let delivery = consumer
+                .next()
+                .await
+                .context("the consumer ended early")??;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            acked += 1;
+        }
+        // Closing waits for the broker's close-ok, which comes after it has handled every ack.
+        channel.close(200, "done".into()).await?;
+        Ok((published.took, started.elapsed()))
+    }
+
+    /// Ready messages in a queue (passive declare).
+    pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
+        let declared = self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(declared.message_count())
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+async fn confirmed(confirm: PublisherConfirm) -> anyhow::Result<()> {
+    let confirmation = confirm.await?;
+    ensure!(
+        matches!(confirmation, lapin::Confirmation::Ack(None)),
+        "not confirmed: {confirmation:?}"
+    );
+    Ok(())
+}

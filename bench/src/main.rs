@@ -1,0 +1,100 @@
+//! `herald-bench`: load scenarios against the real service binaries, Redis and RabbitMQ, with
+//! the emulator standing in for Teams. Each scenario runs in a fresh namespace, removed
+//! afterwards, and prints its figures as one block (or one JSON object with `--json`).
+//! BENCHMARKS.md has the commands and the figures.
+
+mod amqp;
+mod args;
+mod cleanup;
+mod load;
+mod procs;
+mod redis_stats;
+mod report;
+mod scenarios;
+mod stack;
+
+use std::path::PathBuf;
+
+use args::Args;
+use stack::Common;
+
+fn usage() -> String {
+    format!(
+        "usage: herald-bench SCENARIO [options] [--json] [--log-level info] [--bin-dir target/release]
+
+scenarios:
+  {}
+  {}
+  {}
+  {}
+  {}
+
+The services are the release binaries (cargo build --release --bins); Redis and RabbitMQ are
+HERALD_TEST_REDIS_URL / HERALD_TEST_AMQP_URL, or 127.0.0.1's.",
+        scenarios::dispatch::USAGE,
+        scenarios::ingress::USAGE,
+        scenarios::pacing::USAGE,
+        scenarios::delay::USAGE,
+        scenarios::emulator::USAGE,
+    )
+}
+
+fn main() -> std::process::ExitCode {
+    let mut tokens: Vec<String> = std::env::args().skip(1).collect();
+    if tokens.is_empty() || tokens.iter().any(|t| t == "--help" || t == "-h") {
+        eprintln!("{}", usage());
+        return if tokens.is_empty() {
+            std::process::ExitCode::from(2)
+        } else {
+            std::process::ExitCode::SUCCESS
+        };
+    }
+    let scenario = tokens.remove(0);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("herald-bench: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&scenario, Args::new(tokens))) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("herald-bench {scenario}: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(scenario: &str, mut args: Args) -> anyhow::Result<()> {
+    let common = Common {
+        json: args.flag("json"),
+        log_level: args.value("log-level", "info".to_owned())?,
+        bin_dir: args
+            .value("bin-dir", Common::default_bin_dir().display().to_string())?
+            .parse::<PathBuf>()?,
+    };
+    let background = procs::background_load(std::time::Duration::from_secs(2)).await;
+    eprintln!("machine busy before the run: {background:.2} cores");
+    let mut report = match scenario {
+        "dispatch" => scenarios::dispatch::run(&common, args).await?,
+        "ingress" => scenarios::ingress::run(&common, args).await?,
+        "pacing" => scenarios::pacing::run(&common, args).await?,
+        "delay" => scenarios::delay::run(&common, args).await?,
+        "emulator" => scenarios::emulator::run(&common, args).await?,
+        other => anyhow::bail!("unknown scenario {other:?}\n{}", usage()),
+    };
+    report.section("machine");
+    report.figure(
+        "busyBeforeRun",
+        "cores busy before the run (2 s sample)",
+        serde_json::json!(procs::round(background, 2)),
+        "",
+    );
+    report.print(common.json)
+}

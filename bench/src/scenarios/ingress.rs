@@ -1,0 +1,137 @@
+//! `ingress`: signed `/api/messages` activities (token check, one Redis upsert each), then
+//! `/v1/notifications` (status record, confirmed publish), each at a fixed concurrency.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use herald_emulator::TokenVariant;
+use serde_json::json;
+
+use crate::{
+    args::Args,
+    load::{Request, http_load},
+    procs::{Footprint, Subject, infrastructure},
+    report::Report,
+    stack::{Bench, Common, population},
+};
+
+pub const USAGE: &str =
+    "ingress  [--jobs 50000] [--concurrency 64] [--tenants 500] [--users-per-tenant 100]";
+
+/// Requests sent before measuring (the first fetch of the signing keys, connection set-up).
+const WARM_UP: usize = 500;
+
+pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
+    let tenants: usize = args.value("tenants", 500)?;
+    let per_tenant: usize = args.value("users-per-tenant", 100)?;
+    let requests: usize = args.value("jobs", 50_000)?;
+    let concurrency: usize = args.value("concurrency", 64)?;
+    args.finish()?;
+    anyhow::ensure!(
+        requests > 0 && concurrency > 0,
+        "--jobs and --concurrency must be positive"
+    );
+
+    let people = population(tenants, per_tenant, 0);
+    let mut report = Report::new(
+        "ingress",
+        format!(
+            "ingress: {requests} requests per endpoint at concurrency {concurrency}, {} users in {tenants} tenants",
+            people.len()
+        ),
+        json!({
+            "requests": requests, "concurrency": concurrency, "tenants": tenants,
+            "users": people.len(), "logLevel": common.log_level,
+        }),
+    );
+
+    let mut bench = Bench::start("ingress", common, true).await?;
+    let ingress = bench
+        .start_service("herald-ingress", "ingress", &[])
+        .await?;
+    let base = ingress.http_url.clone();
+    let mut subjects = vec![Subject::process("ingress", ingress.pid)];
+    subjects.extend(infrastructure());
+
+    // Message activities from many users, signed as Teams signs them. A token depends only on
+    // the tenant's serviceUrl, so one per tenant is signed up front (RSA signing is expensive
+    // and is Teams' work, not the ingress's).
+    eprintln!("preparing {} signed activities", requests + WARM_UP);
+    let mut tokens: HashMap<String, String> = HashMap::new();
+    let activities: Vec<Request> = (0..requests + WARM_UP)
+        .map(|i| {
+            let user = &people[i % people.len()];
+            let activity = bench.emulator.message_activity(user, &format!("hello {i}"));
+            let authorization = tokens
+                .entry(user.tenant_id.clone())
+                .or_insert_with(|| {
+                    bench
+                        .emulator
+                        .authorization(&activity, TokenVariant::Valid)
+                        .unwrap_or_default()
+                })
+                .clone();
+            Request {
+                url: format!("{base}/api/messages"),
+                authorization,
+                body: serde_json::to_vec(&activity)
+                    .expect("an activity serializes")
+                    .into(),
+                extra_header: None,
+            }
+        })
+        .collect();
+    let notifications: Vec<Request> = (0..requests + WARM_UP)
+        .map(|i| {
+            let user = &people[i % people.len()];
+            let body = json!({
+                "to": {"user": {"tenantId": user.tenant_id, "aadObjectId": user.aad_object_id}},
+                "message": {"text": format!("notification {i}")},
+            });
+            Request {
+                url: format!("{base}/v1/notifications"),
+                authorization: format!("Bearer {}", herald_tests::API_KEY),
+                body: serde_json::to_vec(&body).expect("json").into(),
+                extra_header: None,
+            }
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut footprint = Footprint::idle(subjects);
+
+    for (name, all, status, what) in [
+        ("/api/messages", activities, 200, "activities"),
+        (
+            "/v1/notifications",
+            notifications,
+            202,
+            "notifications accepted",
+        ),
+    ] {
+        let (warm, measured) = all.split_at(WARM_UP);
+        let warm_run = http_load(&bench.http, Arc::new(warm.to_vec()), concurrency).await;
+        anyhow::ensure!(
+            warm_run.ok(status) == WARM_UP,
+            "{name}: warm-up answers {:?}",
+            warm_run.statuses
+        );
+        eprintln!(
+            "{name}: {} requests at concurrency {concurrency}",
+            measured.len()
+        );
+        footprint.start();
+        let run = http_load(&bench.http, Arc::new(measured.to_vec()), concurrency).await;
+        let measured_footprint = footprint.finish();
+        report.section(name);
+        run.report(&mut report, status, what);
+        measured_footprint.report(
+            &mut report,
+            &format!("footprint during {name}"),
+            measured.len(),
+            "req",
+        );
+    }
+
+    bench.finish().await?;
+    Ok(report)
+}

@@ -1,0 +1,5 @@
+pub mod delay;
+pub mod dispatch;
+pub mod emulator;
+pub mod ingress;
+pub mod pacing;
