@@ -12,7 +12,7 @@ use lapin::{
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::Handler;
+use crate::{acks::Settler, delivery::Handler};
 
 /// Consumes until `stop` is cancelled, re-subscribing on every new broker link. Returns the
 /// handlers still running, for the caller to wait on (or abandon) during shutdown.
@@ -73,6 +73,15 @@ async fn consume_link(
         )
         .await?;
     tracing::info!(%queue, prefetch, "consuming");
+    // The settler owns the channel until every delivery taken on it is settled, even after
+    // the consumer is gone (lapin closes a channel when its last handle drops, and a closed
+    // channel cannot ack).
+    let settler = Settler::start(
+        channel.clone(),
+        prefetch,
+        handler.metrics.clone(),
+        in_flight,
+    );
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
@@ -83,7 +92,7 @@ async fn consume_link(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    in_flight.spawn(handler.clone().handle(delivery, channel.clone()));
+                    in_flight.spawn(handler.clone().handle(delivery, settler.clone()));
                 }
                 Some(Err(error)) => return Err(error),
                 None => return Ok(()),

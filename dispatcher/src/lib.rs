@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`consumer`]: the consume loop (one consumer per broker link, bounded in-flight work).
+//! - [`acks`]: settling finished deliveries in batches (`multiple` acks).
 //! - [`delivery`]: one delivery from body to ack: early arrivals, the send lease, sending,
 //!   outcomes, retries, dead letters.
 //! - [`dead_letters`]: the operator's `dead list|redrive` commands.
@@ -10,6 +11,7 @@
 //! - [`retry`]: backoff for transient failures.
 //! - This file: wiring ([`Dispatcher::build`]) and the lifecycle ([`Dispatcher::run`]).
 
+pub mod acks;
 pub mod consumer;
 pub mod dead_letters;
 pub mod delivery;

@@ -49,6 +49,11 @@ pub struct Metrics {
     /// Dispatcher: messages waiting in a queue (`dispatch`, `dead`).
     pub queue_messages: Family<Labels, Gauge>,
     pub token_refreshes: Counter,
+    /// Dispatcher: acknowledgement frames sent to RabbitMQ (`multiple`, `single`, `requeue`);
+    /// deliveries per `multiple` frame is what batching saves the broker.
+    pub ack_frames: Family<Labels, Counter>,
+    /// Dispatcher: deliveries settled (acked or requeued).
+    pub deliveries_settled: Counter,
     /// Ingress: requests by route and status, and their duration by route.
     pub http_requests: Family<Labels, Counter>,
     pub http_request_duration: Family<Labels, Histogram>,
@@ -72,6 +77,8 @@ impl Metrics {
             delivery_lateness: histogram(),
             queue_messages: Family::default(),
             token_refreshes: Counter::default(),
+            ack_frames: Family::default(),
+            deliveries_settled: Counter::default(),
             http_requests: Family::default(),
             http_request_duration: Family::new_with_constructor(histogram),
         };
@@ -116,6 +123,16 @@ impl Metrics {
                     "token_refreshes",
                     "Bot tokens fetched from Entra",
                     m.token_refreshes.clone(),
+                );
+                registry.register(
+                    "ack_frames",
+                    "Acknowledgement frames sent to RabbitMQ, by kind",
+                    m.ack_frames.clone(),
+                );
+                registry.register(
+                    "deliveries_settled",
+                    "Deliveries acked or handed back",
+                    m.deliveries_settled.clone(),
                 );
             }
             Service::Ingress => {
