@@ -16,11 +16,12 @@ mod stack;
 use std::path::PathBuf;
 
 use args::Args;
+use report::Report;
 use stack::Common;
 
 fn usage() -> String {
     format!(
-        "usage: herald-bench SCENARIO [options] [--json] [--log-level info] [--bin-dir target/release]
+        "usage: herald-bench SCENARIO [options] [--runs N] [--json] [--log-level info] [--bin-dir target/release]
 
 scenarios:
   {}
@@ -29,6 +30,7 @@ scenarios:
   {}
   {}
 
+--runs N runs the scenario N times and reports each run, then the median of every figure.
 The services are the release binaries (cargo build --release --bins); Redis and RabbitMQ are
 HERALD_TEST_REDIS_URL / HERALD_TEST_AMQP_URL, or 127.0.0.1's.",
         scenarios::dispatch::USAGE,
@@ -38,6 +40,11 @@ HERALD_TEST_REDIS_URL / HERALD_TEST_AMQP_URL, or 127.0.0.1's.",
         scenarios::emulator::USAGE,
     )
 }
+
+/// mimalloc rather than glibc's allocator: the services allocate per message, from many
+/// threads, and glibc's malloc and free cost a quarter of the dispatcher's time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let mut tokens: Vec<String> = std::env::args().skip(1).collect();
@@ -79,6 +86,32 @@ async fn run(scenario: &str, mut args: Args) -> anyhow::Result<()> {
             .value("bin-dir", Common::default_bin_dir().display().to_string())?
             .parse::<PathBuf>()?,
     };
+    let runs: usize = args.value("runs", 1)?;
+    anyhow::ensure!(runs > 0, "--runs must be positive");
+    let mut reports = Vec::with_capacity(runs);
+    for n in 1..=runs {
+        if runs > 1 {
+            eprintln!("run {n} of {runs}");
+        }
+        let report = run_once(scenario, &common, args.clone()).await?;
+        if runs > 1 && !common.json {
+            report.print_text()?;
+        }
+        reports.push(report);
+    }
+    if runs == 1 {
+        return reports[0].print(common.json);
+    }
+    let medians = Report::medians(&reports);
+    if common.json {
+        report::print_line(&Report::runs_json(&reports, &medians).to_string())
+    } else {
+        medians.print_text()
+    }
+}
+
+async fn run_once(scenario: &str, common: &Common, args: Args) -> anyhow::Result<Report> {
+    let common = common.clone();
     let background = procs::background_load(std::time::Duration::from_secs(2)).await;
     eprintln!("machine busy before the run: {background:.2} cores");
     let mut report = match scenario {
@@ -96,5 +129,5 @@ async fn run(scenario: &str, mut args: Args) -> anyhow::Result<()> {
         serde_json::json!(procs::round(background, 2)),
         "",
     );
-    report.print(common.json)
+    Ok(report)
 }

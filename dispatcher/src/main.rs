@@ -21,6 +21,11 @@ use tokio::net::TcpListener;
 const USAGE: &str =
     "usage: herald-dispatcher [dead list [--limit N] | dead redrive (--all | ID...)]";
 
+/// mimalloc rather than glibc's allocator: the services allocate per message, from many
+/// threads, and glibc's malloc and free cost a quarter of the dispatcher's time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

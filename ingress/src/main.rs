@@ -8,6 +8,11 @@ use herald_shared::{
 };
 use tokio::net::TcpListener;
 
+/// mimalloc rather than glibc's allocator: the services allocate per message, from many
+/// threads, and glibc's malloc and free cost a quarter of the dispatcher's time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = match IngressConfig::from_env(&Env::from_process()) {
