@@ -5,7 +5,10 @@
 use herald_shared::{
     connector::{BotConnector, ConnectorError},
     job::Target,
-    store::{ActivityEffect, ConversationRef, ConversationStore, RecordedActivity, StoreError},
+    store::{
+        ActivityEffect, ConversationAddress, ConversationRef, ConversationStore, RecordedActivity,
+        StoreError,
+    },
 };
 use time::OffsetDateTime;
 
@@ -92,13 +95,13 @@ impl Resolver {
                     .await?;
                 match stored {
                     // An uninstall or a "gone" answer is the user's word: no new chat behind it.
-                    Some(reference) if reference.is_removed() => {
-                        let reason = reference.removed_reason.unwrap_or_default();
-                        Err(
-                            Unreachable(format!("the user's conversation was removed: {reason}"))
-                                .into(),
-                        )
-                    }
+                    Some(ConversationAddress {
+                        removed_reason: Some(reason),
+                        ..
+                    }) => Err(Unreachable(format!(
+                        "the user's conversation was removed: {reason}"
+                    ))
+                    .into()),
                     Some(reference) => Ok(Lookup::Ready(Destination::Conversation {
                         service_url: reference.service_url,
                         conversation_id: reference.conversation_id,
@@ -111,7 +114,7 @@ impl Resolver {
                 }
             }
             Target::Conversation(conversation) => {
-                let stored = self.conversations.get(&conversation.id).await?;
+                let stored = self.conversations.address(&conversation.id).await?;
                 if let Some(reason) = stored.as_ref().and_then(|r| r.removed_reason.as_ref()) {
                     return Err(
                         Unreachable(format!("the conversation was removed: {reason}")).into(),

@@ -106,6 +106,35 @@ impl ConversationRef {
     }
 }
 
+/// What a send needs to know about a stored conversation: the few fields the dispatcher reads
+/// for every job, rather than the whole reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationAddress {
+    pub conversation_id: String,
+    pub service_url: String,
+    pub tenant_id: Option<String>,
+    /// Why the conversation was removed, if it was (see [`ConversationRef::removed_reason`]).
+    pub removed_reason: Option<String>,
+}
+
+impl ConversationAddress {
+    /// From the conversation id and the values of [`ADDRESS_FIELDS`] (`''` or absent: unset).
+    fn from_fields(conversation_id: String, fields: Vec<Option<String>>) -> Option<Self> {
+        let mut fields = fields
+            .into_iter()
+            .map(|f| f.filter(|value| !value.is_empty()));
+        let mut next = || fields.next().flatten();
+        let (service_url, tenant_id, state, reason) = (next()?, next(), next(), next());
+        Some(Self {
+            conversation_id,
+            service_url,
+            tenant_id,
+            removed_reason: (state.as_deref() == Some("removed"))
+                .then(|| reason.unwrap_or_else(|| "removed".into())),
+        })
+    }
+}
+
 /// What an inbound activity does to the stored reference beyond refreshing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActivityEffect {
@@ -134,38 +163,53 @@ pub struct InstallState {
     pub new_install: bool,
 }
 
-/// Upserts the reference and applies the effect atomically, on the one conversation key.
+/// Upserts the reference and applies the effect atomically, on the one conversation key, in
+/// three commands whatever the reference holds.
 static RECORD_ACTIVITY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local key = KEYS[1]
 local effect = ARGV[1]
-for i = 3, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
-local generation = tonumber(redis.call('HGET', key, 'installGeneration') or '0')
+local found = redis.call('HMGET', key, 'installGeneration', 'installed')
+local generation = tonumber(found[1] or '0')
+local fields = {unpack(ARGV, 3)}
+local function add(...) for _, v in ipairs({...}) do fields[#fields + 1] = v end end
 if effect == 'remove' then
-  redis.call('HSET', key, 'state', 'removed', 'removedReason', ARGV[2], 'installed', '0')
+  add('state', 'removed', 'removedReason', ARGV[2], 'installed', '0')
+  redis.call('HSET', key, unpack(fields))
   return {generation, 0}
 end
-redis.call('HSET', key, 'state', 'active')
-redis.call('HDEL', key, 'removedReason')
-if effect == 'install' and redis.call('HGET', key, 'installed') ~= '1' then
-  redis.call('HSET', key, 'installed', '1')
-  return {redis.call('HINCRBY', key, 'installGeneration', 1), 1}
+add('state', 'active')
+local new_install = 0
+if effect == 'install' and found[2] ~= '1' then
+  generation = generation + 1
+  new_install = 1
+  add('installed', '1', 'installGeneration', generation)
 end
-return {generation, 0}
+redis.call('HSET', key, unpack(fields))
+redis.call('HDEL', key, 'removedReason')
+return {generation, new_install}
 "#,
     )
 });
 
-/// KEYS: the user's index. ARGV: the prefix of reference keys. Answers the reference's fields
-/// (none if the user has no personal conversation stored). Reads a key it is not given, so it
-/// runs only on a single Redis server.
+/// The fields a send needs, in [`ConversationAddress`] order.
+const ADDRESS_FIELDS: [&str; 4] = ["serviceUrl", "tenantId", "state", "removedReason"];
+
+/// KEYS: the user's index. ARGV: the prefix of reference keys, then [`ADDRESS_FIELDS`].
+/// Answers the conversation id and those fields ('' for a missing one), or nothing if the user
+/// has no personal conversation stored. Reads a key it is not given, so it runs only on a
+/// single Redis server.
 static PERSONAL_CONVERSATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local id = redis.call('GET', KEYS[1])
 if not id then return {} end
-return redis.call('HGETALL', ARGV[1] .. id)
+local found = redis.call('HMGET', ARGV[1] .. id, unpack(ARGV, 2))
+if not found[1] then return {} end
+local out = {id}
+for i = 1, #found do out[i + 1] = found[i] or '' end
+return out
 "#,
     )
 });
@@ -265,29 +309,47 @@ impl ConversationStore {
         ConversationRef::from_hash(&key, hash).map(Some)
     }
 
-    /// The user's personal conversation with the bot, if Herald has heard from it.
+    /// Where a stored conversation is, if it is stored: one small read.
+    pub async fn address(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<ConversationAddress>, StoreError> {
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.redis.key("conv", conversation_id))
+            .arg(&ADDRESS_FIELDS[..])
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok(ConversationAddress::from_fields(
+            conversation_id.to_owned(),
+            fields,
+        ))
+    }
+
+    /// Where the user's personal conversation with the bot is, if Herald has heard from it.
     pub async fn personal_conversation(
         &self,
         tenant_id: &str,
         aad_object_id: &str,
-    ) -> Result<Option<ConversationRef>, StoreError> {
+    ) -> Result<Option<ConversationAddress>, StoreError> {
         let user_key = self.user_key(tenant_id, aad_object_id);
         if !self.redis.is_cluster() {
             // One round trip: the script follows the index to the reference. (On a cluster
             // the two keys live in different slots, so it takes two.)
-            let hash: HashMap<String, String> = PERSONAL_CONVERSATION
+            let found: Vec<Option<String>> = PERSONAL_CONVERSATION
                 .key(&user_key)
                 .arg(self.redis.key("conv", ""))
+                .arg(&ADDRESS_FIELDS[..])
                 .invoke_async(&mut self.redis.conn())
                 .await?;
-            if hash.is_empty() {
-                return Ok(None);
-            }
-            return ConversationRef::from_hash(&user_key, hash).map(Some);
+            let mut found = found.into_iter();
+            return Ok(match found.next().flatten() {
+                Some(id) => ConversationAddress::from_fields(id, found.collect()),
+                None => None,
+            });
         }
         let id: Option<String> = self.redis.conn().get(user_key).await?;
         match id {
-            Some(id) => self.get(&id).await,
+            Some(id) => self.address(&id).await,
             None => Ok(None),
         }
     }
@@ -350,5 +412,43 @@ impl ConversationStore {
             "user",
             &format!("{tenant_id}:{}", aad_object_id.to_ascii_lowercase()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(values: [&str; 4]) -> Vec<Option<String>> {
+        values.iter().map(|v| Some((*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn an_address_is_read_from_its_few_fields() {
+        let active = ConversationAddress::from_fields(
+            "a:1".into(),
+            fields(["https://smba/amer/", "tenant-1", "active", ""]),
+        );
+        assert_eq!(
+            active,
+            Some(ConversationAddress {
+                conversation_id: "a:1".into(),
+                service_url: "https://smba/amer/".into(),
+                tenant_id: Some("tenant-1".into()),
+                removed_reason: None,
+            })
+        );
+        let removed = ConversationAddress::from_fields(
+            "a:1".into(),
+            fields(["https://smba/", "", "removed", "uninstalled"]),
+        )
+        .unwrap();
+        assert_eq!(removed.tenant_id, None);
+        assert_eq!(removed.removed_reason.as_deref(), Some("uninstalled"));
+        // A hash without a serviceUrl is no reference at all.
+        assert_eq!(
+            ConversationAddress::from_fields("a:1".into(), vec![None, None, None, None]),
+            None
+        );
     }
 }

@@ -20,9 +20,10 @@ use redis::{
 
 pub use self::{
     conversation::{
-        ActivityEffect, ConversationRef, ConversationStore, InstallState, RecordedActivity,
+        ActivityEffect, ConversationAddress, ConversationRef, ConversationStore, InstallState,
+        RecordedActivity,
     },
-    pace::{Admission, Pacer},
+    pace::{Admission, PacedSend, Pacer},
     status::{BeginSend, Cancel, JobStatus, Outcome, StatusRecord, StatusStore},
 };
 use crate::config::{Namespace, RedisTarget};
