@@ -183,6 +183,7 @@ async fn observe_requests(
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     // The request's span continues the caller's trace (a `traceparent` header), and the jobs
     // the request queues carry it on to the dispatcher.
+    let parent = herald_shared::telemetry::http_trace_context(request.headers());
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{} {route}", request.method()),
@@ -190,9 +191,9 @@ async fn observe_requests(
         http.request.method = %request.method(),
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
+        trace_id = herald_shared::telemetry::trace_id_field(&parent),
     );
-    herald_shared::telemetry::continue_http_trace(&span, request.headers());
+    herald_shared::telemetry::continue_trace(&span, parent);
     let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();

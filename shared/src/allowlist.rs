@@ -41,9 +41,11 @@ pub struct ServiceUrlAllowlist {
 impl ServiceUrlAllowlist {
     /// True when `service_url` is an absolute http(s) URL matching one of the patterns.
     pub fn allows(&self, service_url: &str) -> bool {
-        let Ok(url) = Url::parse(service_url) else {
-            return false;
-        };
+        Url::parse(service_url).is_ok_and(|url| self.allows_url(&url))
+    }
+
+    /// The same for a URL already parsed.
+    pub fn allows_url(&self, url: &Url) -> bool {
         // Credentials in a serviceUrl are never legitimate and could confuse a proxy.
         if !url.username().is_empty() || url.password().is_some() {
             return false;

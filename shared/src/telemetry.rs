@@ -6,14 +6,14 @@
 //! - **Traces:** every service runs an OpenTelemetry tracer fed by its `tracing` spans. Spans
 //!   are exported over OTLP/HTTP when [`TraceExport::Otlp`] is configured; otherwise they are
 //!   dropped, but the W3C trace context still propagates, so a caller's `traceparent` reaches
-//!   Teams either way. The context travels in HTTP headers ([`continue_http_trace`],
+//!   Teams either way. The context travels in HTTP headers ([`http_trace_context`],
 //!   [`inject_http`]) and AMQP headers (`amqp::headers::{trace_context, set_trace_context}`).
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector, TextMapPropagator},
-    trace::{TraceContextExt, TracerProvider as _},
+    trace::{TraceContextExt, TraceId, TracerProvider as _},
 };
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing::Span;
@@ -110,22 +110,33 @@ fn tracer_provider(
     Ok(provider.build())
 }
 
-/// Makes `span` a child of the W3C trace context in `headers` (a new trace when there is
-/// none) and records its trace id in the span's `trace_id` field for the logs.
-pub fn continue_http_trace(span: &Span, headers: &HeaderMap) {
-    continue_trace(
-        span,
-        TraceContextPropagator::new().extract(&HttpHeaders(headers)),
-    );
+/// The W3C trace context of an HTTP request (an empty context when it carries none).
+pub fn http_trace_context(headers: &HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&HttpHeaders(headers))
 }
 
-/// The same from a parent context already extracted (from AMQP headers, say).
+/// The value for the `trace_id` field of a span about to continue `parent`: the parent's trace
+/// id, or `None` when it carries none (the span starts a trace, whose id
+/// [`continue_trace`] records). Given at creation, the id costs the logging layer nothing more;
+/// recorded afterwards it would format the span's fields a second time.
+pub fn trace_id_field(parent: &Context) -> Option<tracing::field::DisplayValue<TraceId>> {
+    let span_context = parent.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| tracing::field::display(span_context.trace_id()))
+}
+
+/// Makes `span` (created with [`trace_id_field`] of `parent` as its `trace_id`) a child of
+/// `parent`, or the root of a new trace when `parent` is empty, recording that new trace's id.
 pub fn continue_trace(span: &Span, parent: Context) {
+    let new_trace = !parent.span().span_context().is_valid();
     // Fails only without the tracer installed (a test process): then nothing is traced.
     let _ = span.set_parent(parent);
-    let span_context = span.context().span().span_context().clone();
-    if span_context.is_valid() {
-        span.record("trace_id", tracing::field::display(span_context.trace_id()));
+    if new_trace {
+        let span_context = span.context().span().span_context().clone();
+        if span_context.is_valid() {
+            span.record("trace_id", tracing::field::display(span_context.trace_id()));
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{StatusCode, header};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use url::Url;
 
 use super::{
     error::{ConnectorError, parse_error_body, parse_retry_after},
@@ -81,13 +82,9 @@ impl BotConnector {
         conversation_id: &str,
         activity: &serde_json::Value,
     ) -> Result<SentActivity, ConnectorError> {
-        let url = format!(
-            "{}/v3/conversations/{}/activities",
-            service_url.trim_end_matches('/'),
-            utf8_percent_encode(conversation_id, PATH_SEGMENT)
-        );
+        let path = ["v3", "conversations", conversation_id, "activities"];
         let body = self
-            .call(reqwest::Method::POST, service_url, &url, Some(activity))
+            .call(reqwest::Method::POST, service_url, &path, Some(activity))
             .await?;
         let parsed: ResourceResponse =
             serde_json::from_str(&body).unwrap_or(ResourceResponse { id: None });
@@ -136,9 +133,9 @@ impl BotConnector {
         service_url: &str,
         body: &serde_json::Value,
     ) -> Result<CreatedConversation, ConnectorError> {
-        let url = format!("{}/v3/conversations", service_url.trim_end_matches('/'));
+        let path = ["v3", "conversations"];
         let text = self
-            .call(reqwest::Method::POST, service_url, &url, Some(body))
+            .call(reqwest::Method::POST, service_url, &path, Some(body))
             .await?;
         serde_json::from_str(&text).map_err(|e| ConnectorError::Teams {
             status: 200,
@@ -156,10 +153,10 @@ impl BotConnector {
         activity_id: &str,
         activity: &serde_json::Value,
     ) -> Result<(), ConnectorError> {
-        let url = activity_url(service_url, conversation_id, activity_id);
+        let path = activity_path(conversation_id, activity_id);
         let mut activity = activity.clone();
         activity["id"] = activity_id.into();
-        self.call(reqwest::Method::PUT, service_url, &url, Some(&activity))
+        self.call(reqwest::Method::PUT, service_url, &path, Some(&activity))
             .await?;
         Ok(())
     }
@@ -171,23 +168,30 @@ impl BotConnector {
         conversation_id: &str,
         activity_id: &str,
     ) -> Result<(), ConnectorError> {
-        let url = activity_url(service_url, conversation_id, activity_id);
-        self.call(reqwest::Method::DELETE, service_url, &url, None)
+        let path = activity_path(conversation_id, activity_id);
+        self.call(reqwest::Method::DELETE, service_url, &path, None)
             .await?;
         Ok(())
     }
 
-    /// Makes one authenticated call; the allowlist is checked before a token is even fetched.
+    /// Makes one authenticated call to `path` (segments, encoded here) below `service_url`.
+    /// The allowlist is checked before a token is even fetched, on the very URL the request
+    /// then goes to: it is parsed once, and only its path is extended.
     async fn call(
         &self,
         method: reqwest::Method,
         service_url: &str,
-        url: &str,
+        path: &[&str],
         body: Option<&serde_json::Value>,
     ) -> Result<String, ConnectorError> {
-        if !self.allowlist.allows(service_url) {
-            return Err(ConnectorError::ServiceUrlNotAllowed(service_url.to_owned()));
+        let not_allowed = || ConnectorError::ServiceUrlNotAllowed(service_url.to_owned());
+        let mut url = Url::parse(service_url).map_err(|_| not_allowed())?;
+        if !self.allowlist.allows_url(&url) {
+            return Err(not_allowed());
         }
+        url.set_path(&endpoint_path(url.path(), path));
+        url.set_query(None);
+        url.set_fragment(None);
         let token = self.tokens.token().await?;
         let mut request = self.http.request(method, url).timeout(self.timeout).header(
             header::AUTHORIZATION,
@@ -225,18 +229,45 @@ impl BotConnector {
     }
 }
 
-fn activity_url(service_url: &str, conversation_id: &str, activity_id: &str) -> String {
-    format!(
-        "{}/v3/conversations/{}/activities/{}",
-        service_url.trim_end_matches('/'),
-        utf8_percent_encode(conversation_id, PATH_SEGMENT),
-        utf8_percent_encode(activity_id, PATH_SEGMENT)
-    )
+fn activity_path<'a>(conversation_id: &'a str, activity_id: &'a str) -> [&'a str; 5] {
+    [
+        "v3",
+        "conversations",
+        conversation_id,
+        "activities",
+        activity_id,
+    ]
+}
+
+/// The serviceUrl's own path (tenant-scoped ones carry a region and tenant id) followed by the
+/// operation's segments, each percent-encoded.
+fn endpoint_path(base: &str, segments: &[&str]) -> String {
+    let mut path = base.trim_end_matches('/').to_owned();
+    for segment in segments {
+        path.push('/');
+        path.extend(utf8_percent_encode(segment, PATH_SEGMENT));
+    }
+    path
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operation_goes_below_the_service_urls_own_path() {
+        let conversation = "a:1Xy@thread;messageid=2";
+        assert_eq!(
+            endpoint_path("/amer/tenant-1/", &["v3", "conversations", conversation]),
+            "/amer/tenant-1/v3/conversations/a%3A1Xy%40thread%3Bmessageid%3D2"
+        );
+        assert_eq!(
+            endpoint_path("/", &["v3", "conversations"]),
+            "/v3/conversations"
+        );
+        // A segment cannot climb out of the path it is put in.
+        assert_eq!(endpoint_path("/teams", &["../x"]), "/teams/..%2Fx");
+    }
 
     #[test]
     fn conversation_ids_are_percent_encoded() {
