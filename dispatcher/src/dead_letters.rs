@@ -158,6 +158,7 @@ impl Tools {
             let dropped = [
                 headers::ATTEMPTS,
                 headers::NOT_BEFORE,
+                headers::PACE_TURN,
                 headers::DEAD_REASON,
                 headers::DEAD_AT,
             ];

@@ -14,19 +14,20 @@ use herald_shared::{
     connector::{BotConnector, ConnectorError, ErrorClass},
     job::{Change, ChangeKind, JOB_TYPE_V1, Job, Target},
     metrics::Metrics,
-    store::{Admission, BeginSend, ConversationStore, Outcome, Pacer, StatusRecord, StatusStore},
+    store::{
+        Admission, BeginSend, ConversationStore, Outcome, PacedSend, Pacer, StatusRecord,
+        StatusStore,
+    },
     telemetry,
 };
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
-};
+use lapin::message::Delivery;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
+    acks::{Settler, Verdict},
     resolve::{Destination, ResolveError, Resolver},
     retry,
 };
@@ -65,9 +66,11 @@ struct Abandoned;
 
 /// Whether Teams' limits let a call go now.
 enum Paced {
-    Go,
-    /// Not for this long: too long to hold a prefetch slot, so the work goes round again.
-    Later(Duration),
+    /// Send now, and tell the pacer when the call is done.
+    Go(PacedSend),
+    /// Not for `wait`: too long to hold a prefetch slot, so the work goes round again, and
+    /// presents its `turn` when it is back.
+    Later { wait: Duration, turn: u64 },
 }
 
 /// What reached Teams.
@@ -78,32 +81,16 @@ struct Sent {
 }
 
 impl Handler {
-    /// Handles one delivery to the end. `channel` is the channel it arrived on: holding it
-    /// keeps the channel open until this delivery is settled, even after the consumer is gone
-    /// (lapin closes a channel when its last handle drops, and a closed channel cannot ack).
-    pub async fn handle(self: Arc<Self>, delivery: Delivery, channel: lapin::Channel) {
-        let settled = self.settle(&delivery).await;
-        let result = match settled {
-            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
-            Err(Abandoned) => {
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-            }
+    /// Handles one delivery to the end, then gives the verdict to the channel's settler.
+    pub async fn handle(self: Arc<Self>, delivery: Delivery, settler: Settler) {
+        let verdict = match self.work_on(&delivery).await {
+            Ok(()) => Verdict::Ack,
+            Err(Abandoned) => Verdict::Requeue,
         };
-        if let Err(error) = result {
-            // The channel is gone; RabbitMQ redelivers the message, and the status record
-            // decides what the copy does.
-            tracing::warn!(%error, "could not settle a delivery");
-        }
-        drop(channel);
+        settler.settle(delivery.delivery_tag, verdict);
     }
 
-    async fn settle(&self, delivery: &Delivery) -> Result<(), Abandoned> {
+    async fn work_on(&self, delivery: &Delivery) -> Result<(), Abandoned> {
         let amqp_headers = delivery.properties.headers().as_ref();
         if let Some(op) = headers::text(amqp_headers, headers::OPERATION) {
             return match (
@@ -111,15 +98,16 @@ impl Handler {
                 serde_json::from_slice::<Change>(&delivery.data),
             ) {
                 (Some(kind), Ok(change)) => {
+                    let parent = headers::trace_context(amqp_headers);
                     let span = tracing::info_span!(
                         "change",
                         otel.name = %format_args!("{} message", kind.as_str()),
                         otel.kind = "consumer",
                         job_id = %change.id,
                         op = kind.as_str(),
-                        trace_id = tracing::field::Empty,
+                        trace_id = telemetry::trace_id_field(&parent),
                     );
-                    telemetry::continue_trace(&span, headers::trace_context(amqp_headers));
+                    telemetry::continue_trace(&span, parent);
                     self.change(kind, &change, delivery).instrument(span).await
                 }
                 (None, _) => {
@@ -147,15 +135,16 @@ impl Handler {
         match Job::from_slice(&delivery.data) {
             Ok(job) => {
                 // One span per delivery of the job, in the trace of the request that queued it.
+                let parent = headers::trace_context(amqp_headers);
                 let span = tracing::info_span!(
                     "job",
                     otel.name = "deliver job",
                     otel.kind = "consumer",
                     job_id = %job.id,
                     attempt = attempts_header(delivery) + 1,
-                    trace_id = tracing::field::Empty,
+                    trace_id = telemetry::trace_id_field(&parent),
                 );
-                telemetry::continue_trace(&span, headers::trace_context(amqp_headers));
+                telemetry::continue_trace(&span, parent);
                 self.process(&job, delivery).instrument(span).await
             }
             Err(error) => self.poison(delivery, &format!("rejected: {error}")).await,
@@ -211,14 +200,20 @@ impl Handler {
         // Teams' limits, held across every replica, before anything else is spent on the job:
         // a job over them costs one script and a publish, so a tenant's backlog cycles
         // through the delay levels quickly and never stands in front of another tenant's job.
-        if let Paced::Later(wait) = self.pace(job.to.tenant_id(), &job.to.thread()).await? {
-            tracing::debug!(?wait, "over Teams' limits; waiting for a turn");
-            let turn = OffsetDateTime::now_utc() + wait;
-            let attempts = attempts_header(delivery);
-            return self
-                .publish_delayed(&job.id, delivery, wait, Some(turn), attempts)
-                .await;
-        }
+        let paced = match self
+            .pace(job.to.tenant_id(), &job.to.thread(), pace_turn(delivery))
+            .await?
+        {
+            Paced::Go(paced) => paced,
+            Paced::Later { wait, turn } => {
+                tracing::debug!(?wait, "over Teams' limits; waiting for a turn");
+                let back_at = OffsetDateTime::now_utc() + wait;
+                let attempts = attempts_header(delivery);
+                return self
+                    .publish_delayed(&job.id, delivery, wait, Some(back_at), attempts, Some(turn))
+                    .await;
+            }
+        };
 
         let owner = format!("{}:{}", self.instance, Uuid::new_v4());
         let now = OffsetDateTime::now_utc();
@@ -299,24 +294,44 @@ impl Handler {
             Err(ResolveError::Store(_)) => unreachable!("store errors are retried by until_done"),
         };
 
-        match self.send(job, &destination).await {
-            Ok(sent) => {
-                tracing::info!(conversation_id = %sent.conversation_id, "delivered");
-                if let Some(due) = job.deliver_at {
-                    let late = (OffsetDateTime::now_utc() - due).as_seconds_f64().max(0.0);
-                    self.metrics.delivery_lateness.observe(late);
+        let sent = self.send(job, &destination).await;
+        let settled = async {
+            match sent {
+                Ok(sent) => self.delivered(job, &owner, sent).await,
+                Err(error) => {
+                    self.failed_call(job, delivery, &owner, error, Some(&destination))
+                        .await
                 }
-                let outcome = Outcome::Delivered {
-                    service_url: sent.service_url,
-                    conversation_id: sent.conversation_id,
-                    activity_id: sent.activity_id,
-                };
-                self.finish(&job.id, &owner, outcome, 1).await
             }
-            Err(error) => {
-                self.failed_call(job, delivery, &owner, error, Some(&destination))
-                    .await
-            }
+        };
+        // The pacer learns the call is done beside the outcome's record: one round trip.
+        let (settled, ()) = tokio::join!(settled, self.note_sent(&paced));
+        settled
+    }
+
+    /// The message reached Teams: the job ends `delivered`.
+    async fn delivered(&self, job: &Job, owner: &str, sent: Sent) -> Result<(), Abandoned> {
+        // The everyday outcome is logged at debug: at thousands of jobs a second an info line
+        // each would be most of the dispatcher's work. The status record, the metrics and the
+        // trace say it; every other outcome is logged at info.
+        tracing::debug!(conversation_id = %sent.conversation_id, "delivered");
+        if let Some(due) = job.deliver_at {
+            let late = (OffsetDateTime::now_utc() - due).as_seconds_f64().max(0.0);
+            self.metrics.delivery_lateness.observe(late);
+        }
+        let outcome = Outcome::Delivered {
+            service_url: sent.service_url,
+            conversation_id: sent.conversation_id,
+            activity_id: sent.activity_id,
+        };
+        self.finish(&job.id, owner, outcome, 1).await
+    }
+
+    /// Tells the pacer a call it admitted is done. Best effort: if Redis cannot take it, the
+    /// send stays counted from when it was admitted, and the safety margin covers the rest.
+    async fn note_sent(&self, paced: &PacedSend) {
+        if let Err(error) = self.pacer.sent(paced).await {
+            tracing::debug!(%error, "could not tell the pacer a send is done");
         }
     }
 
@@ -453,7 +468,8 @@ impl Handler {
                 let wait = retry::backoff(&self.retry_schedule, attempts, retry_after);
                 let next_attempt_at = OffsetDateTime::now_utc() + wait;
                 tracing::info!(%reason, ?wait, attempts, "transient failure; retrying later");
-                self.publish_delayed(&job.id, delivery, wait, Some(next_attempt_at), attempts)
+                let next = Some(next_attempt_at);
+                self.publish_delayed(&job.id, delivery, wait, next, attempts, None)
                     .await?;
                 self.finish(
                     &job.id,
@@ -541,16 +557,24 @@ impl Handler {
         let thread = target
             .as_ref()
             .map_or_else(|| conversation_id.clone(), Target::thread);
-        if let Paced::Later(wait) = self
-            .pace(target.as_ref().and_then(Target::tenant_id), &thread)
-            .await?
-        {
-            let turn = OffsetDateTime::now_utc() + wait;
-            let attempts = attempts_header(delivery);
-            return self
-                .publish_delayed(&change.id, delivery, wait, Some(turn), attempts)
-                .await;
-        }
+        let tenant = target.as_ref().and_then(Target::tenant_id);
+        let paced = match self.pace(tenant, &thread, pace_turn(delivery)).await? {
+            Paced::Go(paced) => paced,
+            Paced::Later { wait, turn } => {
+                let back_at = OffsetDateTime::now_utc() + wait;
+                let attempts = attempts_header(delivery);
+                return self
+                    .publish_delayed(
+                        &change.id,
+                        delivery,
+                        wait,
+                        Some(back_at),
+                        attempts,
+                        Some(turn),
+                    )
+                    .await;
+            }
+        };
         let result = match (kind, &change.message) {
             (ChangeKind::Update, Some(message)) => {
                 let activity = message.to_activity();
@@ -574,6 +598,7 @@ impl Handler {
                 self.timed("delete", delete).await
             }
         };
+        self.note_sent(&paced).await;
         let now = OffsetDateTime::now_utc();
         match (kind, result) {
             (ChangeKind::Delete, Ok(())) => {
@@ -612,7 +637,7 @@ impl Handler {
                         let wait = retry::backoff(&self.retry_schedule, attempts, retry_after);
                         tracing::info!(%reason, ?wait, "transient failure; retrying the change later");
                         let at = OffsetDateTime::now_utc() + wait;
-                        self.publish_delayed(&change.id, delivery, wait, Some(at), attempts)
+                        self.publish_delayed(&change.id, delivery, wait, Some(at), attempts, None)
                             .await?;
                         self.note_change(&change.id, Some(&reason)).await
                     }
@@ -639,31 +664,38 @@ impl Handler {
         result
     }
 
-    /// Asks the pacer for a turn; short waits are slept out here (holding the prefetch slot
-    /// briefly), longer ones are the caller's to send round the delay levels.
-    async fn pace(&self, tenant: Option<&str>, thread: &str) -> Result<Paced, Abandoned> {
+    /// Asks the pacer for a turn (presenting `turn`, the one given earlier, if any); short
+    /// waits are slept out here (holding the prefetch slot briefly), longer ones are the
+    /// caller's to send round the delay levels.
+    async fn pace(
+        &self,
+        tenant: Option<&str>,
+        thread: &str,
+        mut turn: Option<u64>,
+    ) -> Result<Paced, Abandoned> {
         loop {
             match self
-                .until_done("pace", || self.pacer.admit(tenant, thread))
+                .until_done("pace", || self.pacer.admit(tenant, thread, turn))
                 .await?
             {
-                Admission::Now => return Ok(Paced::Go),
-                Admission::Wait(wait) if wait <= PACE_HERE_AT_MOST => {
+                Admission::Now(paced) => return Ok(Paced::Go(paced)),
+                Admission::Wait { wait, turn: given } if wait <= PACE_HERE_AT_MOST => {
                     self.metrics
                         .pacing_waits
                         .get_or_create(&vec![("action", "slept".to_owned())])
                         .inc();
+                    turn = Some(given);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.abandon.cancelled() => return Err(Abandoned),
                     }
                 }
-                Admission::Wait(wait) => {
+                Admission::Wait { wait, turn } => {
                     self.metrics
                         .pacing_waits
                         .get_or_create(&vec![("action", "redelayed".to_owned())])
                         .inc();
-                    return Ok(Paced::Later(wait));
+                    return Ok(Paced::Later { wait, turn });
                 }
             }
         }
@@ -708,12 +740,14 @@ impl Handler {
         wait: Duration,
         attempts: u32,
     ) -> Result<(), Abandoned> {
-        self.publish_delayed(id, delivery, wait, not_before(delivery), attempts)
+        let turn = pace_turn(delivery);
+        self.publish_delayed(id, delivery, wait, not_before(delivery), attempts, turn)
             .await
     }
 
     /// Sends the delivery's body round the delay levels again, keeping its headers (the change
-    /// marker and the trace context among them).
+    /// marker and the trace context among them); `pace_turn` is its place in a pacing queue,
+    /// when it is waiting for one.
     async fn publish_delayed(
         &self,
         id: &str,
@@ -721,9 +755,14 @@ impl Handler {
         wait: Duration,
         not_before: Option<OffsetDateTime>,
         attempts: u32,
+        pace_turn: Option<u64>,
     ) -> Result<(), Abandoned> {
         let mut kept = headers::carried_over(delivery.properties.headers().as_ref());
         headers::set_integer(&mut kept, headers::ATTEMPTS, i64::from(attempts));
+        match pace_turn {
+            Some(turn) => headers::set_integer(&mut kept, headers::PACE_TURN, turn as i64),
+            None => headers::remove(&mut kept, headers::PACE_TURN),
+        }
         if let Some(at) = not_before {
             headers::set_integer(
                 &mut kept,
@@ -774,6 +813,12 @@ impl Handler {
 fn not_before(delivery: &Delivery) -> Option<OffsetDateTime> {
     headers::integer(delivery.properties.headers().as_ref(), headers::NOT_BEFORE)
         .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+}
+
+/// The place in a pacing queue the delivery holds, if any.
+fn pace_turn(delivery: &Delivery) -> Option<u64> {
+    headers::integer(delivery.properties.headers().as_ref(), headers::PACE_TURN)
+        .and_then(|turn| u64::try_from(turn).ok())
 }
 
 /// Calls to Teams made so far for this message, as the headers count them.

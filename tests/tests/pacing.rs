@@ -214,3 +214,57 @@ async fn a_tenant_with_a_big_backlog_does_not_hold_up_another_tenant() {
     );
     stack.stop().await;
 }
+
+/// The pacer's queue, told against Redis directly: a send whose turn has come goes before one
+/// that just arrived, even when the arrival finds room in the window; and a send is counted
+/// from when its call ended, so a slow call pushes the window out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_turn_once_given_is_kept_and_a_send_counts_from_its_end() {
+    use herald_shared::{
+        config::{Namespace, RateLimits, RedisTarget},
+        store::{Admission, Pacer, Redis},
+    };
+    let namespace = herald_tests::fresh_namespace();
+    let _guard = herald_tests::NamespaceGuard::new(&namespace);
+    let target: RedisTarget = herald_tests::redis_url().parse().unwrap();
+    let redis = Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap();
+    let one_per_second: RateLimits = "1/1s".parse().unwrap();
+    let pacer = Pacer::new(redis, "off".parse().unwrap(), one_per_second);
+    let admit = |turn| pacer.admit(Some("tenant"), "a:1", turn);
+
+    let Admission::Now(first) = admit(None).await.unwrap() else {
+        panic!("an empty window admits");
+    };
+    let Admission::Wait { wait, turn } = admit(None).await.unwrap() else {
+        panic!("a second in the same second must wait");
+    };
+    assert!(wait <= Duration::from_millis(1_020), "{wait:?}");
+    // Another arrival queues behind the first waiter, one interval (1 s) later.
+    let Admission::Wait {
+        turn: later_turn, ..
+    } = admit(None).await.unwrap()
+    else {
+        panic!("the window is full");
+    };
+    assert!(later_turn >= turn + 1_000, "{later_turn} vs {turn}");
+
+    // The first send's call ends 300 ms after it was admitted: it counts from then, so at its
+    // turn the holder still finds the window full, and keeps its place.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pacer.sent(&first).await.unwrap();
+    tokio::time::sleep(wait - Duration::from_millis(300)).await;
+    let Admission::Wait { turn: kept, .. } = admit(Some(turn)).await.unwrap() else {
+        panic!("the first send counts from the end of its call, 300 ms after its admission");
+    };
+    assert_eq!(kept, turn, "the holder keeps its place");
+    tokio::time::sleep(Duration::from_millis(320)).await;
+    // Room again: a newcomer may not take it while turns are out; the holder may.
+    assert!(
+        matches!(admit(None).await.unwrap(), Admission::Wait { .. }),
+        "a newcomer jumped the queue"
+    );
+    assert!(
+        matches!(admit(Some(turn)).await.unwrap(), Admission::Now(_)),
+        "the holder of the turn was refused"
+    );
+}

@@ -10,6 +10,9 @@ pub const ATTEMPTS: &str = "x-herald-attempts";
 /// Unix milliseconds before which the job must not be sent (retry backoff; `deliverAt` is in
 /// the body). Lets the dispatcher wait out the sub-second rest of a delay.
 pub const NOT_BEFORE: &str = "x-herald-not-before";
+/// The job's place in a pacing queue (Redis time, Unix ms), while it waits for its turn
+/// ([`crate::store::Admission::Wait`]).
+pub const PACE_TURN: &str = "x-herald-pace-turn";
 /// Marks a change to a delivered message (`update` or `delete`); absent on jobs.
 pub const OPERATION: &str = "x-herald-op";
 /// Why a message was dead-lettered, and where from.
@@ -66,6 +69,16 @@ pub fn set_text(headers: &mut FieldTable, key: &str, value: &str) {
 
 pub fn set_integer(headers: &mut FieldTable, key: &str, value: i64) {
     headers.insert(ShortString::from(key), AMQPValue::LongLongInt(value));
+}
+
+pub fn remove(headers: &mut FieldTable, key: &str) {
+    let mut kept = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != key {
+            kept.insert(k.clone(), v.clone());
+        }
+    }
+    *headers = kept;
 }
 
 /// The headers worth keeping when a job is republished (to a delay level or the dead-letter
