@@ -104,8 +104,14 @@ impl Publisher {
             )
             .await
         } else {
-            let (exchange, key) = topology.delay_entry(delay, NOTIFICATION_ROUTING_KEY);
-            self.publish(&exchange, &key, body, properties).await
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let entry = topology.delay_entry(delay, NOTIFICATION_ROUTING_KEY, now_ms);
+            let properties =
+                properties.with_expiration(ShortString::from(entry.expiration_ms.to_string()));
+            self.publish(&entry.exchange, &entry.routing_key, body, properties)
+                .await
         }
     }
 

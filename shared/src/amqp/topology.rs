@@ -15,6 +15,14 @@
 //! is 1 into its queue and one whose bit is 0 straight on to level `L-1`; the queue dead-letters
 //! expired messages (with their routing key) to level `L-1` too, and level 0 hands them to
 //! `{ns}.jobs`. Dead-lettering is at-least-once, so a delayed job is never dropped in between.
+//!
+//! A delayed job enters its first level with a per-message TTL a little shorter than the
+//! level's, so that it expires on the next [`EXPIRY_GRID`] boundary: jobs entering within one
+//! grid step leave together and stay together down the cascade (each hop moves a batch at
+//! once). RabbitMQ moves a dead-lettered batch at a fraction of the cost of the same messages
+//! expiring one by one, and batches keep the hops prompt under load. Expiry times still rise
+//! in queue order, as a queue's head must expire first; the per-message TTL is dropped when a
+//! message is dead-lettered, so later levels use their own.
 
 use std::time::Duration;
 
@@ -32,6 +40,10 @@ pub const NOTIFICATION_ROUTING_KEY: &str = "notification";
 /// Delay levels: the longest single delay is `2^LEVELS - 1` seconds (about 24 days); a job due
 /// later than that goes round again when it arrives early.
 pub const DELAY_LEVELS: u32 = 21;
+
+/// Delayed jobs leave their first level on a boundary of this grid (see the module docs): it
+/// bounds how early they arrive, on top of the sub-second remainder the dispatcher waits out.
+pub const EXPIRY_GRID: Duration = Duration::from_millis(250);
 
 /// How many times RabbitMQ redelivers a job whose handler keeps dying before it dead-letters it.
 pub const DISPATCH_DELIVERY_LIMIT: i64 = 10;
@@ -71,17 +83,20 @@ impl Topology {
         format!("{}.delay.{level}", self.namespace)
     }
 
-    /// Where a message delayed by `delay` enters the cascade, and its routing key: straight
-    /// at the level of the delay's highest bit. The levels above would only pass it down
-    /// (their bits are 0), and each exchange-to-exchange hop costs a topic match; entering
-    /// low makes a delayed publish several times cheaper.
-    pub fn delay_entry(&self, delay: Duration, final_key: &str) -> (String, String) {
+    /// Where a message delayed by `delay` enters the cascade, published at `now_ms` (Unix
+    /// milliseconds): straight at the level of the delay's highest bit. The levels above
+    /// would only pass it down (their bits are 0), and each exchange-to-exchange hop costs a
+    /// topic match; entering low makes a delayed publish several times cheaper.
+    pub fn delay_entry(&self, delay: Duration, final_key: &str, now_ms: u64) -> DelayEntry {
         let seconds = delay.as_secs().clamp(1, (1 << DELAY_LEVELS) - 1);
         let highest_bit = 63 - seconds.leading_zeros();
-        (
-            self.delay_exchange(highest_bit),
-            delay_routing_key(delay, final_key),
-        )
+        let level_ms = 1000u64 << highest_bit;
+        let grid_ms = EXPIRY_GRID.as_millis() as u64;
+        DelayEntry {
+            exchange: self.delay_exchange(highest_bit),
+            routing_key: delay_routing_key(delay, final_key),
+            expiration_ms: level_ms - now_ms % grid_ms,
+        }
     }
 
     /// Every queue, for operators and for tests that clean up after themselves.
@@ -188,6 +203,15 @@ impl Topology {
     }
 }
 
+/// Where and how a delayed message is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelayEntry {
+    pub exchange: String,
+    pub routing_key: String,
+    /// The message's own TTL in its first level: the level's, shortened to end on the grid.
+    pub expiration_ms: u64,
+}
+
 /// Every queue is a quorum queue; dead-lettering out of it is at-least-once, which RabbitMQ
 /// allows only with `reject-publish` overflow.
 async fn declare_quorum_queue(
@@ -275,20 +299,32 @@ mod tests {
     #[test]
     fn a_delay_enters_at_its_highest_level() {
         let topology = Topology::new("ns".parse().unwrap());
-        assert_eq!(
-            topology.delay_entry(Duration::from_secs(1), "n").0,
-            "ns.delay.0"
-        );
-        assert_eq!(
-            topology.delay_entry(Duration::from_secs(300), "n").0,
-            "ns.delay.8"
-        );
-        assert_eq!(
-            topology
-                .delay_entry(Duration::from_secs(u64::MAX / 4), "n")
-                .0,
-            "ns.delay.20"
-        );
+        let entry = |delay| topology.delay_entry(delay, "n", 0).exchange;
+        assert_eq!(entry(Duration::from_secs(1)), "ns.delay.0");
+        assert_eq!(entry(Duration::from_secs(300)), "ns.delay.8");
+        assert_eq!(entry(Duration::from_secs(u64::MAX / 4)), "ns.delay.20");
+    }
+
+    #[test]
+    fn a_delayed_message_leaves_its_first_level_on_the_grid() {
+        let topology = Topology::new("ns".parse().unwrap());
+        let grid = EXPIRY_GRID.as_millis() as u64;
+        // Published anywhere within one grid step, 5 s messages all expire from the 4 s level
+        // at the same instant, and never later than the level's own TTL.
+        let published = [1_000_000 * grid, 1_000_000 * grid + 1, 1_000_001 * grid - 1];
+        let expiries: Vec<u64> = published
+            .iter()
+            .map(|now| {
+                now + topology
+                    .delay_entry(Duration::from_secs(5), "n", *now)
+                    .expiration_ms
+            })
+            .collect();
+        assert!(expiries.iter().all(|at| *at == 1_000_000 * grid + 4_000));
+        for now in published {
+            let entry = topology.delay_entry(Duration::from_secs(5), "n", now);
+            assert!(entry.expiration_ms <= 4_000 && entry.expiration_ms > 4_000 - grid);
+        }
     }
 
     #[test]
