@@ -606,6 +606,12 @@ impl FromStr for RateLimits {
     }
 }
 
+/// Deliveries in flight per dispatcher by default. A send mostly waits on Teams, so a
+/// dispatcher's throughput is in-flight sends divided by Teams' latency: 1024 at 100 ms is
+/// about 10,000 a second, more than one core sends (BENCHMARKS.md), while quorum queues
+/// deliver that many to one consumer without trouble.
+pub const DEFAULT_PREFETCH: u16 = 1024;
+
 /// The dispatcher service's settings.
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -633,7 +639,7 @@ impl DispatcherConfig {
             common: CommonConfig::from_env(env)?,
             admin_addr: env
                 .parse_or("HERALD_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9091)))?,
-            prefetch: env.parse_or("HERALD_PREFETCH", 256)?,
+            prefetch: env.parse_or("HERALD_PREFETCH", DEFAULT_PREFETCH)?,
             retry_schedule: env.parse_or("HERALD_RETRY_SCHEDULE", RetrySchedule::default())?,
             max_attempts: env.parse_or("HERALD_MAX_ATTEMPTS", 8)?,
             shutdown_grace: env.duration_or("HERALD_SHUTDOWN_GRACE", Duration::from_secs(25))?,
