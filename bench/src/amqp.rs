@@ -116,11 +116,13 @@ impl Amqp {
     }
 
     /// The broker's ceiling for these bodies: published to a scratch quorum queue, then
-    /// consumed with `prefetch` and acked one by one. Returns (publish, consume+ack) timings.
+    /// consumed with `prefetch`, acked one by one when `ack_every` is 1, else with one
+    /// `multiple` ack per `ack_every` deliveries. Returns (publish, consume+ack) timings.
     pub async fn ceiling(
         &self,
         namespace: &str,
         prefetch: u16,
+        ack_every: usize,
         count: usize,
         make: impl FnMut(usize) -> (String, Vec<u8>),
     ) -> anyhow::Result<(Duration, Duration)> {
@@ -140,7 +142,9 @@ impl Amqp {
                 args,
             )
             .await?;
-        let result = self.ceiling_on(&queue, prefetch, count, make).await;
+        let result = self
+            .ceiling_on(&queue, prefetch, ack_every.max(1), count, make)
+            .await;
         let deleted = self
             .channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -154,6 +158,7 @@ impl Amqp {
         &self,
         queue: &str,
         prefetch: u16,
+        ack_every: usize,
         count: usize,
         make: impl FnMut(usize) -> (String, Vec<u8>),
     ) -> anyhow::Result<(Duration, Duration)> {
@@ -171,14 +176,15 @@ impl Amqp {
                 FieldTable::default(),
             )
             .await?;
-        let mut acked = 0;
-        while acked < count {
+        for received in 1..=count {
             let delivery = consumer
                 .next()
                 .await
                 .context("the consumer ended early")??;
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-            acked += 1;
+            if received % ack_every == 0 || received == count {
+                let multiple = ack_every > 1;
+                delivery.acker.ack(BasicAckOptions { multiple }).await?;
+            }
         }
         // Closing waits for the broker's close-ok, which comes after it has handled every ack.
         channel.close(200, "done".into()).await?;

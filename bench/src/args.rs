@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Args {
     tokens: Vec<String>,
 }

@@ -349,6 +349,26 @@ impl Measured {
                 row.cpu / self.wall,
                 per_k
             ));
+            report.number(
+                &format!("{}CpuPer1000", row.name),
+                &format!("{}: CPU s per 1,000 {unit}", row.name),
+                round(per_k, 4),
+                "s",
+            );
+            if let Some((idle, peak)) = row.memory {
+                report.number(
+                    &format!("{}IdleRss", row.name),
+                    &format!("{}: idle RSS", row.name),
+                    round(idle as f64 / 1024.0, 1),
+                    "MiB",
+                );
+                report.number(
+                    &format!("{}PeakRss", row.name),
+                    &format!("{}: peak RSS", row.name),
+                    round(peak as f64 / 1024.0, 1),
+                    "MiB",
+                );
+            }
             rows.push(json!({
                 "process": row.name,
                 "pid": row.pid,

@@ -60,6 +60,8 @@ pub struct Service {
     pub pid: u32,
     /// `http://127.0.0.1:port` of `HERALD_HTTP_ADDR` (the ingress).
     pub http_url: String,
+    /// `http://127.0.0.1:port` of `HERALD_ADMIN_ADDR`.
+    pub admin_url: String,
     child: Child,
     log: PathBuf,
     /// Run under a profiler: slow to start and to stop.
@@ -72,6 +74,30 @@ impl Drop for Service {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+impl Service {
+    /// The service's metrics, as `name{labels}` → value (summed over the series that match
+    /// when `labels` is empty).
+    pub async fn metric(&self, http: &reqwest::Client, name: &str, labels: &str) -> f64 {
+        let Ok(response) = http.get(format!("{}/metrics", self.admin_url)).send().await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (series_name, series_labels) = match series.split_once('{') {
+                    Some((n, l)) => (n, l.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                (series_name == name && series_labels.contains(labels))
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
+            .sum()
     }
 }
 
@@ -311,6 +337,7 @@ impl Bench {
             name: name.to_owned(),
             pid: child.id(),
             http_url: format!("http://127.0.0.1:{http_port}"),
+            admin_url: format!("http://127.0.0.1:{admin_port}"),
             child,
             log,
             slow: !wrapper.is_empty(),

@@ -18,14 +18,14 @@ use crate::{
 };
 
 pub const USAGE: &str =
-    "delay    [--jobs 100000] [--min-delay-s 5] [--max-delay-s 60] [--prefetch 256]
+    "delay    [--jobs 100000] [--min-delay-s 5] [--max-delay-s 60] [--prefetch 1024]
            [--tenants 500] [--users-per-tenant 100]";
 
 pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let jobs: usize = args.value("jobs", 100_000)?;
     let min_delay: u64 = args.value("min-delay-s", 5)?;
     let max_delay: u64 = args.value("max-delay-s", 60)?;
-    let prefetch: u16 = args.value("prefetch", 256)?;
+    let prefetch: u16 = args.value("prefetch", herald_shared::config::DEFAULT_PREFETCH)?;
     let tenants: usize = args.value("tenants", 500)?;
     let per_tenant: usize = args.value("users-per-tenant", 100)?;
     args.finish()?;

@@ -17,21 +17,25 @@ use crate::{
 };
 
 pub const USAGE: &str =
-    "dispatch [--jobs N] [--tenants 500] [--users-per-tenant 100] [--prefetch 256]
+    "dispatch [--jobs N] [--tenants 500] [--users-per-tenant 100] [--prefetch 1024]
            [--dispatchers 1] [--latency-ms 0] [--no-ceiling] [--redis-monitor]
-           [--perf FILE] [--callgrind FILE]";
+           [--perf FILE] [--callgrind FILE] [--massif FILE]";
+
+/// Deliveries per `multiple` ack in the batched-ack ceiling.
+const CEILING_ACK_EVERY: usize = 32;
 
 pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let tenants: usize = args.value("tenants", 500)?;
     let per_tenant: usize = args.value("users-per-tenant", 100)?;
     let jobs: usize = args.value("jobs", tenants * per_tenant)?;
-    let prefetch: u16 = args.value("prefetch", 256)?;
+    let prefetch: u16 = args.value("prefetch", herald_shared::config::DEFAULT_PREFETCH)?;
     let dispatchers: usize = args.value("dispatchers", 1)?;
     let latency_ms: u64 = args.value("latency-ms", 0)?;
     let ceiling = !args.flag("no-ceiling");
     let monitor = args.flag("redis-monitor");
     let perf: Option<String> = args.optional("perf")?;
     let callgrind: Option<String> = args.optional("callgrind")?;
+    let massif: Option<String> = args.optional("massif")?;
     args.finish()?;
     anyhow::ensure!(
         jobs > 0 && dispatchers > 0,
@@ -73,7 +77,12 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
 
     let ceiling_rate = if ceiling {
         eprintln!("broker ceiling: {jobs} bodies through a scratch quorum queue");
-        let (publish, consume) = amqp.ceiling(&bench.namespace, prefetch, jobs, make).await?;
+        let (publish, consume) = amqp
+            .ceiling(&bench.namespace, prefetch, 1, jobs, make)
+            .await?;
+        let (_, consume_batched) = amqp
+            .ceiling(&bench.namespace, prefetch, CEILING_ACK_EVERY, jobs, make)
+            .await?;
         report.section("broker ceiling (scratch quorum queue, no work)");
         report.figure(
             "publishPerSecond",
@@ -84,8 +93,14 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         let rate = jobs as f64 / consume.as_secs_f64();
         report.figure(
             "consumeAckPerSecond",
-            &format!("consume+ack per second (prefetch {prefetch})"),
+            &format!("consume+ack/s, prefetch {prefetch}, acked one by one"),
             json!(round(rate, 1)),
+            "/s",
+        );
+        report.figure(
+            "consumeBatchedAckPerSecond",
+            &format!("consume+ack/s, one multiple ack per {CEILING_ACK_EVERY}"),
+            json!(round(jobs as f64 / consume_batched.as_secs_f64(), 1)),
             "/s",
         );
         Some(rate)
@@ -99,12 +114,18 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         ("HERALD_PREFETCH", prefetch.to_string()),
     ];
     for n in 0..dispatchers {
-        // The first dispatcher may run under callgrind.
-        let wrapper: Vec<String> = match (&callgrind, n) {
-            (Some(out), 0) => vec![
+        // The first dispatcher may run under valgrind: callgrind counts instructions, massif
+        // samples the heap.
+        let wrapper: Vec<String> = match (&callgrind, &massif, n) {
+            (Some(out), _, 0) => vec![
                 "valgrind".into(),
                 "--tool=callgrind".into(),
                 format!("--callgrind-out-file={out}"),
+            ],
+            (None, Some(out), 0) => vec![
+                "valgrind".into(),
+                "--tool=massif".into(),
+                format!("--massif-out-file={out}"),
             ],
             _ => Vec::new(),
         };
@@ -145,7 +166,7 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         published.took.as_secs_f64()
     );
     let mut within = Duration::from_secs(120) + Duration::from_millis(jobs as u64 * 2);
-    if callgrind.is_some() {
+    if callgrind.is_some() || massif.is_some() {
         within *= 50;
     }
     bench.wait_for_sends(jobs, within).await?;
@@ -208,11 +229,29 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     if let Some(ceiling) = ceiling_rate {
         report.figure(
             "ofCeiling",
-            "of the broker's consume+ack rate",
+            "of the broker's consume+ack rate (one by one)",
             json!(round(rate / ceiling, 3)),
             "",
         );
     }
+    let (mut settled, mut multiple, mut single) = (0.0, 0.0, 0.0);
+    for service in bench.services() {
+        settled += service
+            .metric(&bench.http, "herald_deliveries_settled_total", "")
+            .await;
+        multiple += service
+            .metric(&bench.http, "herald_ack_frames_total", "kind=\"multiple\"")
+            .await;
+        single += service
+            .metric(&bench.http, "herald_ack_frames_total", "kind=\"single\"")
+            .await;
+    }
+    report.figure(
+        "deliveriesPerAckFrame",
+        "deliveries settled per ack frame",
+        json!(round(settled / (multiple + single).max(1.0), 1)),
+        &format!("({multiple} multiple, {single} single)"),
+    );
     let stats = bench.emulator.stats();
     report.figure(
         "teamsRequests",

@@ -1,5 +1,7 @@
-//! `ingress`: signed `/api/messages` activities (token check, one Redis upsert each), then
-//! `/v1/notifications` (status record, confirmed publish), each at a fixed concurrency.
+//! `ingress`: three loads at a fixed concurrency, one after the other: signed `/api/messages`
+//! message activities (token check, one Redis upsert each), signed installs (the upsert, then
+//! the welcome and the reminder: a status record and a confirmed publish each), and
+//! `/v1/notifications` (status record, confirmed publish).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -52,33 +54,47 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let mut subjects = vec![Subject::process("ingress", ingress.pid)];
     subjects.extend(infrastructure());
 
-    // Message activities from many users, signed as Teams signs them. A token depends only on
-    // the tenant's serviceUrl, so one per tenant is signed up front (RSA signing is expensive
-    // and is Teams' work, not the ingress's).
-    eprintln!("preparing {} signed activities", requests + WARM_UP);
+    // Activities from many users, signed as Teams signs them. A token depends only on the
+    // tenant's serviceUrl, so one per tenant is signed up front (RSA signing is expensive and
+    // is Teams' work, not the ingress's). Installs go to users who sent no message before, one
+    // install each, so that every one queues its welcome and reminder.
+    eprintln!("preparing {} signed activities", 2 * (requests + WARM_UP));
     let mut tokens: HashMap<String, String> = HashMap::new();
+    let mut signed = |activity: serde_json::Value, tenant: &str| {
+        let authorization = tokens
+            .entry(tenant.to_owned())
+            .or_insert_with(|| {
+                bench
+                    .emulator
+                    .authorization(&activity, TokenVariant::Valid)
+                    .unwrap_or_default()
+            })
+            .clone();
+        Request {
+            url: format!("{base}/api/messages"),
+            authorization,
+            body: serde_json::to_vec(&activity)
+                .expect("an activity serializes")
+                .into(),
+            extra_header: None,
+        }
+    };
     let activities: Vec<Request> = (0..requests + WARM_UP)
         .map(|i| {
             let user = &people[i % people.len()];
             let activity = bench.emulator.message_activity(user, &format!("hello {i}"));
-            let authorization = tokens
-                .entry(user.tenant_id.clone())
-                .or_insert_with(|| {
-                    bench
-                        .emulator
-                        .authorization(&activity, TokenVariant::Valid)
-                        .unwrap_or_default()
-                })
-                .clone();
-            Request {
-                url: format!("{base}/api/messages"),
-                authorization,
-                body: serde_json::to_vec(&activity)
-                    .expect("an activity serializes")
-                    .into(),
-                extra_header: None,
-            }
+            signed(activity, &user.tenant_id)
         })
+        .collect();
+    let installers = population(
+        (requests + WARM_UP).div_ceil(per_tenant),
+        per_tenant,
+        tenants,
+    );
+    let installs: Vec<Request> = installers
+        .iter()
+        .take(requests + WARM_UP)
+        .map(|user| signed(bench.emulator.install_activity(user), &user.tenant_id))
         .collect();
     let notifications: Vec<Request> = (0..requests + WARM_UP)
         .map(|i| {
@@ -100,7 +116,8 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let mut footprint = Footprint::idle(subjects);
 
     for (name, all, status, what) in [
-        ("/api/messages", activities, 200, "activities"),
+        ("/api/messages (messages)", activities, 200, "activities"),
+        ("/api/messages (installs)", installs, 200, "installs"),
         (
             "/v1/notifications",
             notifications,
