@@ -142,7 +142,7 @@ async fn measure_confirmed_publish_rates() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_delay_levels_hold_each_job_for_its_delay() {
+async fn the_delay_levels_hold_each_job_for_about_its_delay() {
     let c = connect().await;
     // 5 s = levels 2 and 0; 2 s = level 1; 0 s goes straight through.
     let delays = [("five", 5), ("two", 2), ("now", 0)];
@@ -185,6 +185,13 @@ async fn the_delay_levels_hold_each_job_for_its_delay() {
             .unwrap()
             .unwrap();
         let waited = sent.elapsed();
+        // A delayed job leaves its first level on the expiry grid: up to one step early (the
+        // dispatcher waits out the rest, as it does a sub-second remainder).
+        let at_least = Duration::from_secs(seconds).saturating_sub(if seconds > 0 {
+            herald_shared::amqp::topology::EXPIRY_GRID
+        } else {
+            Duration::ZERO
+        });
         assert_eq!(
             delivery
                 .properties
@@ -193,10 +200,7 @@ async fn the_delay_levels_hold_each_job_for_its_delay() {
                 .map(|m| m.as_str()),
             Some(name)
         );
-        assert!(
-            waited >= Duration::from_secs(seconds),
-            "{name} arrived after {waited:?}"
-        );
+        assert!(waited >= at_least, "{name} arrived after {waited:?}");
         assert!(
             waited < Duration::from_secs(seconds) + Duration::from_millis(1500),
             "{name} arrived after {waited:?}"

@@ -83,12 +83,18 @@ async fn handle(
         bot.conversations.record(&recorded).await.map_err(|e| {
             Problem::unavailable(format!("the conversation could not be stored: {e}"))
         })?;
-    tracing::info!(
-        kind = %activity.kind,
-        conversation_id = %recorded.reference.conversation_id,
-        effect = ?recorded.effect,
-        "activity recorded"
-    );
+    // Installs and removals are logged at info; a plain refresh (every message a user sends)
+    // at debug, as it changes nothing but the reference's freshness.
+    if recorded.effect == ActivityEffect::Refresh {
+        tracing::debug!(kind = %activity.kind, conversation_id = %recorded.reference.conversation_id, "activity recorded");
+    } else {
+        tracing::info!(
+            kind = %activity.kind,
+            conversation_id = %recorded.reference.conversation_id,
+            effect = ?recorded.effect,
+            "activity recorded"
+        );
+    }
     if recorded.effect == ActivityEffect::Install {
         match bot.greeter.greet(&recorded.reference, install, now).await {
             Ok(()) => {}
