@@ -20,7 +20,7 @@ use lapin::{
 };
 use time::OffsetDateTime;
 
-/// Confirms awaited at most this far behind the publishes.
+/// Confirms awaited at most this far behind the publishes, unless told otherwise.
 const CONFIRM_WINDOW: usize = 2048;
 
 #[derive(Debug)]
@@ -75,11 +75,24 @@ impl Amqp {
         exchange: &str,
         routing_key: &str,
         count: usize,
+        make: impl FnMut(usize) -> (String, Vec<u8>),
+    ) -> anyhow::Result<Published> {
+        self.publish_windowed(exchange, routing_key, count, CONFIRM_WINDOW, make)
+            .await
+    }
+
+    /// The same with at most `window` publishes awaiting their confirms.
+    pub async fn publish_windowed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        count: usize,
+        window: usize,
         mut make: impl FnMut(usize) -> (String, Vec<u8>),
     ) -> anyhow::Result<Published> {
         let first_at = OffsetDateTime::now_utc();
         let started = Instant::now();
-        let mut pending: VecDeque<PublisherConfirm> = VecDeque::with_capacity(CONFIRM_WINDOW);
+        let mut pending: VecDeque<PublisherConfirm> = VecDeque::with_capacity(window);
         for i in 0..count {
             let (id, body) = make(i);
             let properties = BasicProperties::default()
@@ -100,7 +113,7 @@ impl Amqp {
                 )
                 .await?;
             pending.push_back(confirm);
-            if pending.len() >= CONFIRM_WINDOW
+            if pending.len() >= window
                 && let Some(oldest) = pending.pop_front()
             {
                 confirmed(oldest).await?;

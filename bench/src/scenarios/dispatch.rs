@@ -93,13 +93,13 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         let rate = jobs as f64 / consume.as_secs_f64();
         report.figure(
             "consumeAckPerSecond",
-            &format!("consume+ack/s, prefetch {prefetch}, acked one by one"),
+            "consume+ack per second, one ack each",
             json!(round(rate, 1)),
             "/s",
         );
         report.figure(
             "consumeBatchedAckPerSecond",
-            &format!("consume+ack/s, one multiple ack per {CEILING_ACK_EVERY}"),
+            &format!("consume+ack per second, 1 ack per {CEILING_ACK_EVERY}"),
             json!(round(jobs as f64 / consume_batched.as_secs_f64(), 1)),
             "/s",
         );
@@ -229,7 +229,7 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     if let Some(ceiling) = ceiling_rate {
         report.figure(
             "ofCeiling",
-            "of the broker's consume+ack rate (one by one)",
+            "of the broker's consume+ack (one ack each)",
             json!(round(rate / ceiling, 3)),
             "",
         );

@@ -8,10 +8,13 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use herald_emulator::TokenVariant;
 use serde_json::json;
 
+use herald_shared::amqp::{Topology, topology::NOTIFICATION_ROUTING_KEY};
+
 use crate::{
+    amqp::Amqp,
     args::Args,
-    load::{Request, http_load},
-    procs::{Footprint, Subject, infrastructure},
+    load::{Request, body, http_load, job},
+    procs::{Footprint, Subject, infrastructure, round},
     report::Report,
     stack::{Bench, Common, population},
 };
@@ -149,6 +152,52 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         );
     }
 
+    // The broker's own bound for the last two loads: confirmed publishes of job bodies with
+    // as many in flight as the requests (the ingress publishes each request's jobs and waits
+    // for their confirms before it answers).
+    let amqp = Amqp::connect().await?;
+    let users: Vec<_> = people.iter().take(requests).collect();
+    let make = |i: usize| {
+        body(&job(
+            i,
+            users[i % users.len()],
+            format!("ceiling {i}"),
+            None,
+        ))
+    };
+    let mut subjects = Vec::new();
+    subjects.extend(infrastructure());
+    let mut footprint = Footprint::idle(subjects);
+    footprint.start();
+    let published = amqp
+        .publish_windowed(
+            &Topology::new(bench.namespace.parse().map_err(anyhow::Error::msg)?).jobs_exchange(),
+            NOTIFICATION_ROUTING_KEY,
+            requests,
+            concurrency,
+            make,
+        )
+        .await?;
+    let measured = footprint.finish();
+    report.section(&format!(
+        "broker ceiling: confirmed publishes, {concurrency} in flight"
+    ));
+    report.figure(
+        "publishPerSecond",
+        "confirmed publishes per second",
+        json!(round(requests as f64 / published.took.as_secs_f64(), 1)),
+        "/s",
+    );
+    report.figure(
+        "rabbitmqCpuMsPerPublish",
+        "RabbitMQ CPU per publish",
+        json!(round(
+            measured.cpu_of("rabbitmq") * 1000.0 / requests as f64,
+            4
+        )),
+        "ms",
+    );
+    amqp.close().await;
     bench.finish().await?;
     Ok(report)
 }
