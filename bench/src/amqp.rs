@@ -14,7 +14,7 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
     },
     types::{AMQPValue, FieldTable, LongString},
 };
@@ -218,6 +218,17 @@ impl Amqp {
             )
             .await?;
         Ok(declared.message_count())
+    }
+
+    /// Empties every queue of a namespace: what earlier loads left there for a dispatcher.
+    pub async fn purge(&self, namespace: &str) -> anyhow::Result<()> {
+        let topology = Topology::new(namespace.parse().map_err(anyhow::Error::msg)?);
+        for queue in topology.all_queues() {
+            self.channel
+                .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                .await?;
+        }
+        Ok(())
     }
 
     pub async fn close(self) {

@@ -21,12 +21,7 @@ impl Args {
         T: FromStr,
         T::Err: std::fmt::Display,
     {
-        match self.raw(name)? {
-            Some(raw) => raw
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--{name} {raw:?}: {e}")),
-            None => Ok(default),
-        }
+        Ok(self.optional(name)?.unwrap_or(default))
     }
 
     /// `--name value`, absent allowed.

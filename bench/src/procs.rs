@@ -205,6 +205,14 @@ impl Footprint {
         }
     }
 
+    /// Lets freshly started `services` settle (connections made, topology declared), then
+    /// takes the idle sample of them and of the infrastructure.
+    pub async fn settled(mut services: Vec<Subject>) -> Self {
+        services.extend(infrastructure());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Self::idle(services)
+    }
+
     /// The load begins.
     pub fn start(&mut self) {
         let now: Vec<Sample> = self.subjects.iter().map(sample).collect();

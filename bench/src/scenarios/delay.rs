@@ -12,7 +12,7 @@ use crate::{
     amqp::Amqp,
     args::Args,
     load::{body, job},
-    procs::{Footprint, Subject, infrastructure, round},
+    procs::{Footprint, Subject, round},
     report::{Report, quantile},
     stack::{Bench, Common, population},
 };
@@ -61,10 +61,8 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
             ],
         )
         .await?;
-    let mut subjects = vec![Subject::process("dispatcher", dispatcher.pid)];
-    subjects.extend(infrastructure());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut footprint = Footprint::idle(subjects);
+    let mut footprint =
+        Footprint::settled(vec![Subject::process("dispatcher", dispatcher.pid)]).await;
     let amqp = Amqp::connect().await?;
 
     // The same delays on every run; each due time counts from the job's own publish.

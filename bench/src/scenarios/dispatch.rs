@@ -10,7 +10,7 @@ use crate::{
     amqp::Amqp,
     args::Args,
     load::{body, job, seconds},
-    procs::{Footprint, Subject, infrastructure, round},
+    procs::{Footprint, Subject, round},
     redis_stats::{self, Monitor},
     report::Report,
     stack::{Bench, Common, population},
@@ -138,15 +138,9 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
             )
             .await?;
     }
-    let mut subjects: Vec<Subject> = bench
-        .services()
-        .iter()
-        .map(|s| Subject::process(&s.name, s.pid))
-        .collect();
-    subjects.extend(infrastructure());
-    // Let the services settle before the idle sample.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut footprint = Footprint::idle(subjects);
+    let services = bench.services().iter();
+    let mut footprint =
+        Footprint::settled(services.map(|s| Subject::process(&s.name, s.pid)).collect()).await;
 
     let stats_before = redis_stats::commandstats().await?;
     let monitor = if monitor {

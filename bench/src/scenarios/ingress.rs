@@ -3,7 +3,7 @@
 //! the welcome and the reminder: a status record and a confirmed publish each), and
 //! `/v1/notifications` (status record, confirmed publish).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use herald_emulator::TokenVariant;
 use serde_json::json;
@@ -20,7 +20,11 @@ use crate::{
 };
 
 pub const USAGE: &str =
-    "ingress  [--jobs 50000] [--concurrency 64] [--tenants 500] [--users-per-tenant 100]";
+    "ingress  [--jobs 50000] [--concurrency 64] [--tenants 500] [--users-per-tenant 100]
+           [--loads messages,installs,notifications]";
+
+/// The loads, in the order they run.
+const LOADS: [&str; 3] = ["messages", "installs", "notifications"];
 
 /// Requests sent before measuring (the first fetch of the signing keys, connection set-up).
 const WARM_UP: usize = 500;
@@ -30,7 +34,15 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let per_tenant: usize = args.value("users-per-tenant", 100)?;
     let requests: usize = args.value("jobs", 50_000)?;
     let concurrency: usize = args.value("concurrency", 64)?;
+    let loads: String = args.value("loads", LOADS.join(","))?;
     args.finish()?;
+    let loads: Vec<&str> = loads.split(',').map(str::trim).collect();
+    if let Some(unknown) = loads.iter().find(|l| !LOADS.contains(l)) {
+        anyhow::bail!(
+            "--loads: unknown load {unknown:?} (known: {})",
+            LOADS.join(", ")
+        );
+    }
     anyhow::ensure!(
         requests > 0 && concurrency > 0,
         "--jobs and --concurrency must be positive"
@@ -44,7 +56,7 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
             people.len()
         ),
         json!({
-            "requests": requests, "concurrency": concurrency, "tenants": tenants,
+            "requests": requests, "concurrency": concurrency, "tenants": tenants, "loads": loads,
             "users": people.len(), "logLevel": common.log_level,
         }),
     );
@@ -54,8 +66,7 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         .start_service("herald-ingress", "ingress", &[])
         .await?;
     let base = ingress.http_url.clone();
-    let mut subjects = vec![Subject::process("ingress", ingress.pid)];
-    subjects.extend(infrastructure());
+    let subjects = vec![Subject::process("ingress", ingress.pid)];
 
     // Activities from many users, signed as Teams signs them. A token depends only on the
     // tenant's serviceUrl, so one per tenant is signed up front (RSA signing is expensive and
@@ -115,19 +126,38 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         })
         .collect();
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut footprint = Footprint::idle(subjects);
+    let mut footprint = Footprint::settled(subjects).await;
+    let amqp = Amqp::connect().await?;
 
-    for (name, all, status, what) in [
-        ("/api/messages (messages)", activities, 200, "activities"),
-        ("/api/messages (installs)", installs, 200, "installs"),
+    for (load, name, all, status, what) in [
         (
+            "messages",
+            "/api/messages (messages)",
+            activities,
+            200,
+            "activities",
+        ),
+        (
+            "installs",
+            "/api/messages (installs)",
+            installs,
+            200,
+            "installs",
+        ),
+        (
+            "notifications",
             "/v1/notifications",
             notifications,
             202,
             "notifications accepted",
         ),
     ] {
+        if !loads.contains(&load) {
+            continue;
+        }
+        // No dispatcher runs here, so the jobs each load publishes stay queued; the next load
+        // starts from empty queues, as it would with a dispatcher draining them.
+        amqp.purge(&bench.namespace).await?;
         let (warm, measured) = all.split_at(WARM_UP);
         let warm_run = http_load(&bench.http, Arc::new(warm.to_vec()), concurrency).await;
         anyhow::ensure!(
@@ -155,7 +185,7 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     // The broker's own bound for the last two loads: confirmed publishes of job bodies with
     // as many in flight as the requests (the ingress publishes each request's jobs and waits
     // for their confirms before it answers).
-    let amqp = Amqp::connect().await?;
+    amqp.purge(&bench.namespace).await?;
     let users: Vec<_> = people.iter().take(requests).collect();
     let make = |i: usize| {
         body(&job(
@@ -165,9 +195,7 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
             None,
         ))
     };
-    let mut subjects = Vec::new();
-    subjects.extend(infrastructure());
-    let mut footprint = Footprint::idle(subjects);
+    let mut footprint = Footprint::idle(infrastructure());
     footprint.start();
     let published = amqp
         .publish_windowed(

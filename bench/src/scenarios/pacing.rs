@@ -11,7 +11,7 @@ use crate::{
     amqp::Amqp,
     args::Args,
     load::{body, busiest, job, seconds},
-    procs::{Footprint, Subject, infrastructure, round},
+    procs::{Footprint, Subject, round},
     report::Report,
     stack::{Bench, Common, population},
 };
@@ -44,10 +44,8 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let dispatcher = bench
         .start_service("herald-dispatcher", "dispatcher", &[])
         .await?;
-    let mut subjects = vec![Subject::process("dispatcher", dispatcher.pid)];
-    subjects.extend(infrastructure());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut footprint = Footprint::idle(subjects);
+    let mut footprint =
+        Footprint::settled(vec![Subject::process("dispatcher", dispatcher.pid)]).await;
     let amqp = Amqp::connect().await?;
 
     // One tenant, distinct users.
