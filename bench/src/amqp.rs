@@ -206,18 +206,7 @@ impl Amqp {
 
     /// Ready messages in a queue (passive declare).
     pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
-        let declared = self
-            .channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(declared.message_count())
+        Ok(herald_tests::queue_counts(&self.channel, queue).await?.0)
     }
 
     /// Empties every queue of a namespace: what earlier loads left there for a dispatcher.

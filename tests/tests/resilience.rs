@@ -11,27 +11,10 @@ use herald_shared::{
     store::JobStatus,
 };
 use herald_tests::{
-    StackOptions, TestStack, job_for, proxy::Proxy, publish_jobs, publish_raw, wait_until,
+    StackOptions, TestStack, job_for, proxy::Proxy, publish_jobs, publish_raw, queue_counts,
+    wait_until,
 };
-use lapin::{
-    options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
-
-async fn queue_counts(channel: &lapin::Channel, queue: &str) -> (u32, u32) {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    (declared.message_count(), declared.consumer_count())
-}
+use lapin::options::{BasicGetOptions, BasicNackOptions};
 
 /// A handler that dies on a job, again and again (simulated by returning the delivery to the
 /// queue the way a dead consumer's channel does): RabbitMQ gives up after the delivery limit and
@@ -163,7 +146,13 @@ async fn cut_connections_heal_by_themselves_and_no_job_is_lost_or_left_unacked()
     wait_until(
         "the dispatch queue to be empty",
         Duration::from_secs(10),
-        || async { queue_counts(&channel, &topology.dispatch_queue()).await.0 == 0 },
+        || async {
+            queue_counts(&channel, &topology.dispatch_queue())
+                .await
+                .unwrap()
+                .0
+                == 0
+        },
     )
     .await;
     let mut texts: Vec<String> = users
