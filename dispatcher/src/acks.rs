@@ -2,8 +2,8 @@
 //!
 //! For a quorum queue every `basic.ack` is a command through the queue's Raft log, so acking
 //! each delivery on its own is most of what consuming costs the broker: the benchmark's
-//! scratch queue consumes about 22,000 messages a second acked one by one and about 68,000
-//! acked with one `multiple` ack per 32. Handlers therefore hand their verdict to a
+//! scratch queue consumes about 21,000 messages a second acked one by one and about 78,000
+//! acked with one `multiple` ack per 32 (BENCHMARKS.md). Handlers therefore hand their verdict to a
 //! [`Settler`], one per consumer channel, which acks every run of finished deliveries with one
 //! `multiple` ack.
 //!
@@ -215,10 +215,9 @@ impl Ledger {
     /// acks for what has waited [`HOLD`] or is over the waiting limit, oldest first (every
     /// waiting ack when `now` is `None`: closing).
     fn frames(&mut self, now: Option<Instant>) -> Vec<Frame> {
-        let mut frames: Vec<Frame> = self.requeues.drain(..).map(Frame::Requeue).collect();
-        self.sent.extend(frames.iter().map(|frame| match frame {
-            Frame::Requeue(tag) | Frame::Ack(tag) | Frame::AckThrough(tag) => *tag,
-        }));
+        let requeues = std::mem::take(&mut self.requeues);
+        self.sent.extend(&requeues);
+        let mut frames: Vec<Frame> = requeues.into_iter().map(Frame::Requeue).collect();
 
         // Advance over the run of settled tags; ack the waiting ones in it with one frame.
         let mut highest_waiting = None;

@@ -207,11 +207,7 @@ impl Handler {
             Paced::Go(paced) => paced,
             Paced::Later { wait, turn } => {
                 tracing::debug!(?wait, "over Teams' limits; waiting for a turn");
-                let back_at = OffsetDateTime::now_utc() + wait;
-                let attempts = attempts_header(delivery);
-                return self
-                    .publish_delayed(&job.id, delivery, wait, Some(back_at), attempts, Some(turn))
-                    .await;
+                return self.await_turn(&job.id, delivery, wait, turn).await;
             }
         };
 
@@ -561,18 +557,7 @@ impl Handler {
         let paced = match self.pace(tenant, &thread, pace_turn(delivery)).await? {
             Paced::Go(paced) => paced,
             Paced::Later { wait, turn } => {
-                let back_at = OffsetDateTime::now_utc() + wait;
-                let attempts = attempts_header(delivery);
-                return self
-                    .publish_delayed(
-                        &change.id,
-                        delivery,
-                        wait,
-                        Some(back_at),
-                        attempts,
-                        Some(turn),
-                    )
-                    .await;
+                return self.await_turn(&change.id, delivery, wait, turn).await;
             }
         };
         let result = match (kind, &change.message) {
@@ -742,6 +727,21 @@ impl Handler {
     ) -> Result<(), Abandoned> {
         let turn = pace_turn(delivery);
         self.publish_delayed(id, delivery, wait, not_before(delivery), attempts, turn)
+            .await
+    }
+
+    /// Sends the delivery round the delay levels to come back when its pacing `turn` is due,
+    /// `wait` from now, holding no prefetch slot meanwhile.
+    async fn await_turn(
+        &self,
+        id: &str,
+        delivery: &Delivery,
+        wait: Duration,
+        turn: u64,
+    ) -> Result<(), Abandoned> {
+        let back_at = OffsetDateTime::now_utc() + wait;
+        let attempts = attempts_header(delivery);
+        self.publish_delayed(id, delivery, wait, Some(back_at), attempts, Some(turn))
             .await
     }
 

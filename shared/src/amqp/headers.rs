@@ -71,14 +71,13 @@ pub fn set_integer(headers: &mut FieldTable, key: &str, value: i64) {
     headers.insert(ShortString::from(key), AMQPValue::LongLongInt(value));
 }
 
+/// Drops one header (the table has no removal of its own, so it is rebuilt without it).
 pub fn remove(headers: &mut FieldTable, key: &str) {
-    let mut kept = FieldTable::default();
-    for (k, v) in headers.inner() {
-        if k.as_str() != key {
-            kept.insert(k.clone(), v.clone());
-        }
+    if headers.contains_key(key) {
+        let mut kept = headers.inner().clone();
+        kept.remove(key);
+        *headers = kept.into();
     }
-    *headers = kept;
 }
 
 /// The headers worth keeping when a job is republished (to a delay level or the dead-letter
