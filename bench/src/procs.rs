@@ -123,33 +123,57 @@ fn own_thread_ticks(emulator: bool) -> u64 {
         .sum()
 }
 
-/// Busy and total ticks of the whole machine, from `/proc/stat`.
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let values: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = values.iter().take(8).sum();
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+/// The whole machine's CPU ticks so far, from `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+struct MachineTicks {
+    /// Not idle: work, and time the hypervisor gave another guest.
+    busy: u64,
+    /// The hypervisor's share of `busy` (a virtual machine's "steal").
+    stolen: u64,
+    total: u64,
+}
+
+impl MachineTicks {
+    fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let values: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let field = |i: usize| values.get(i).copied().unwrap_or(0);
+        let total: u64 = values.iter().take(8).sum();
+        Self {
+            busy: total - field(3) - field(4),
+            stolen: field(7),
+            total,
+        }
+    }
+
+    /// Cores busy, and cores stolen, from `earlier` to `self`.
+    fn cores_since(&self, earlier: &Self) -> (f64, f64) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return (0.0, 0.0);
+        }
+        let share = |ticks: u64| ticks as f64 / total as f64 * cores;
+        (
+            share(self.busy.saturating_sub(earlier.busy)),
+            share(self.stolen.saturating_sub(earlier.stolen)),
+        )
+    }
 }
 
 /// Cores kept busy by the whole machine over `window`, before a run: what else is running.
 pub async fn background_load(window: Duration) -> f64 {
-    let (busy0, total0) = machine_ticks();
+    let before = MachineTicks::now();
     tokio::time::sleep(window).await;
-    let (busy1, total1) = machine_ticks();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    if total1 > total0 {
-        (busy1 - busy0) as f64 / (total1 - total0) as f64 * cores
-    } else {
-        0.0
-    }
+    MachineTicks::now().cores_since(&before).0
 }
 
 /// The usual subjects besides the services: the broker, Redis and this program.
@@ -185,7 +209,7 @@ pub struct Footprint {
     subjects: Vec<Subject>,
     ticks_per_second: f64,
     idle: Vec<Sample>,
-    started: Option<(Instant, Vec<Sample>, (u64, u64))>,
+    started: Option<(Instant, Vec<Sample>, MachineTicks)>,
     peaks: Arc<Mutex<Vec<u64>>>,
     sampler: Option<JoinHandle<()>>,
 }
@@ -216,7 +240,7 @@ impl Footprint {
     /// The load begins.
     pub fn start(&mut self) {
         let now: Vec<Sample> = self.subjects.iter().map(sample).collect();
-        self.started = Some((Instant::now(), now, machine_ticks()));
+        self.started = Some((Instant::now(), now, MachineTicks::now()));
         self.peaks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -247,19 +271,13 @@ impl Footprint {
             (
                 Instant::now(),
                 self.subjects.iter().map(sample).collect(),
-                machine_ticks(),
+                MachineTicks::now(),
             )
         });
         let wall = started.elapsed().as_secs_f64();
         let end: Vec<Sample> = self.subjects.iter().map(sample).collect();
-        let (busy1, total1) = machine_ticks();
-        let (busy0, total0) = machine_start;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let machine_busy = if total1 > total0 {
-            (busy1 - busy0) as f64 / (total1 - total0) as f64 * cores
-        } else {
-            0.0
-        };
+        let (machine_busy, machine_stolen) = MachineTicks::now().cores_since(&machine_start);
         let peaks = self.peaks.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let rows = self
             .subjects
@@ -291,6 +309,7 @@ impl Footprint {
             rows,
             wall,
             machine_busy,
+            machine_stolen,
             cores,
         }
     }
@@ -313,6 +332,8 @@ pub struct Measured {
     pub rows: Vec<Row>,
     pub wall: f64,
     pub machine_busy: f64,
+    /// Of `machine_busy`, the cores the hypervisor gave other guests: the noise of a shared host.
+    pub machine_stolen: f64,
     pub cores: f64,
 }
 
@@ -388,7 +409,8 @@ impl Measured {
             }));
         }
         let listed: f64 = self.rows.iter().map(|r| r.cpu).sum();
-        let others = (self.machine_busy * self.wall - listed).max(0.0);
+        // Stolen time is nobody's here: no process's CPU time counts it.
+        let others = ((self.machine_busy - self.machine_stolen) * self.wall - listed).max(0.0);
         report.text(&format!(
             "{:<24}{:>8}{:>12}{:>12}{:>9.2}{:>7.2}{:>17}",
             "everything else",
@@ -400,14 +422,21 @@ impl Measured {
             "-"
         ));
         report.text(&format!(
-            "machine: {:.2} of {:.0} cores busy over the {:.1} s window",
-            self.machine_busy, self.cores, self.wall
+            "machine: {:.2} of {:.0} cores busy over the {:.1} s window ({:.2} of them stolen by the hypervisor)",
+            self.machine_busy, self.cores, self.wall, self.machine_stolen
         ));
+        report.number(
+            "machineStolenCores",
+            "cores stolen by the hypervisor",
+            round(self.machine_stolen, 2),
+            "",
+        );
         report.json(
             section,
             json!({
                 "processes": rows,
                 "machineBusyCores": round(self.machine_busy, 3),
+                "machineStolenCores": round(self.machine_stolen, 3),
                 "otherCpuSeconds": round(others, 3),
                 "windowSeconds": round(self.wall, 3),
             }),

@@ -327,6 +327,8 @@ impl Bench {
         let child = command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            // The allocator's own options (MIMALLOC_PURGE_DELAY and the like), for experiments.
+            .envs(std::env::vars().filter(|(key, _)| key.starts_with("MIMALLOC_")))
             .envs(env)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
