@@ -156,7 +156,7 @@ impl MachineTicks {
 
     /// Cores busy, and cores stolen, from `earlier` to `self`.
     fn cores_since(&self, earlier: &Self) -> (f64, f64) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores = machine_cores();
         let total = self.total.saturating_sub(earlier.total);
         if total == 0 {
             return (0.0, 0.0);
@@ -167,6 +167,10 @@ impl MachineTicks {
             share(self.stolen.saturating_sub(earlier.stolen)),
         )
     }
+}
+
+fn machine_cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
 /// Cores kept busy by the whole machine over `window`, before a run: what else is running.
@@ -276,7 +280,7 @@ impl Footprint {
         });
         let wall = started.elapsed().as_secs_f64();
         let end: Vec<Sample> = self.subjects.iter().map(sample).collect();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores = machine_cores();
         let (machine_busy, machine_stolen) = MachineTicks::now().cores_since(&machine_start);
         let peaks = self.peaks.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let rows = self

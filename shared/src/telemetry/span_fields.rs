@@ -37,14 +37,10 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
         // Reopen the object (drop its closing brace) and go on after its last member.
-        let reopened = current.fields.starts_with('{') && current.fields.ends_with('}');
-        let mut object = if reopened {
+        let mut object = if current.fields.starts_with('{') && current.fields.ends_with('}') {
             current.fields.pop();
             let has_members = current.fields.len() > 1;
-            let mut object = ObjectWriter::new(&mut current.fields);
-            object.opened = true;
-            object.has_members = has_members;
-            object
+            ObjectWriter::reopened(&mut current.fields, has_members)
         } else {
             current.fields.clear();
             ObjectWriter::new(&mut current.fields)
@@ -69,6 +65,15 @@ impl<'a, W: Write> ObjectWriter<'a, W> {
             opened: false,
             has_members: false,
             result: Ok(()),
+        }
+    }
+
+    /// Goes on writing an object whose opening brace (and `has_members` members) `out` holds.
+    fn reopened(out: &'a mut W, has_members: bool) -> Self {
+        Self {
+            opened: true,
+            has_members,
+            ..Self::new(out)
         }
     }
 
