@@ -9,7 +9,8 @@
 //! - [`store`]: Redis stores for conversation references and job status records.
 //! - [`connector`]: the bot's token and the Bot Connector REST calls, with Teams' answers
 //!   classified.
-//! - [`telemetry`]: logging setup; [`metrics`]: the Prometheus metrics.
+//! - [`telemetry`]: logs (JSON lines, with their own span field formatter) and traces;
+//!   [`metrics`]: the Prometheus metrics.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod admin;
