@@ -206,7 +206,9 @@ impl Amqp {
 
     /// Ready messages in a queue (passive declare).
     pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
-        Ok(herald_tests::queue_counts(&self.channel, queue).await?.0)
+        Ok(herald_shared::amqp::queue_depth(&self.channel, queue)
+            .await?
+            .messages)
     }
 
     /// Empties every queue of a namespace: what earlier loads left there for a dispatcher.

@@ -77,6 +77,12 @@ impl Settler {
     }
 }
 
+/// Settles the verdicts sent on `verdicts` in batches, until every sender is gone.
+///
+/// # Cancel safety
+/// `recv()` is cancel safe: when the deadline wins the `select!`, no verdict was taken, and the
+/// next turn receives it. The task itself is not meant to be dropped (it would leave deliveries
+/// unacked until the channel closes, when RabbitMQ hands them out again).
 async fn settle(
     channel: Channel,
     mut ledger: Ledger,

@@ -16,6 +16,14 @@ use crate::{acks::Settler, delivery::Handler};
 
 /// Consumes until `stop` is cancelled, re-subscribing on every new broker link. Returns the
 /// handlers still running, for the caller to wait on (or abandon) during shutdown.
+///
+/// # Cancel safety
+/// Not meant to be dropped: stop it with `stop`, which returns the handlers in flight. Dropped
+/// instead, the `JoinSet` goes with it and aborts every handler; their deliveries stay unacked
+/// and RabbitMQ hands them out again when the channel closes, so nothing is lost, but work is
+/// done twice (the send lease keeps a message from going out twice). Each `select!` in its
+/// loop only waits (for a new link, a timer, a handler to finish), and losing a wait loses
+/// nothing.
 pub async fn consume(
     broker: Broker,
     handler: Arc<Handler>,
@@ -50,6 +58,13 @@ pub async fn consume(
     }
 }
 
+/// Consumes one link's deliveries, spawning a handler for each into `in_flight`.
+///
+/// # Cancel safety
+/// The `select!` takes at most one delivery per turn and spawns its handler in the same turn,
+/// so a branch that loses the race has taken nothing: `consumer.next()` is cancel safe (an
+/// unpolled delivery waits in lapin's buffer), and so are `stop.cancelled()` and
+/// `join_next()`.
 async fn consume_link(
     broker: &Broker,
     link: &Link,

@@ -4,35 +4,41 @@
 //! # Layout
 //! - [`consumer`]: the consume loop (one consumer per broker link, bounded in-flight work).
 //! - [`acks`]: settling finished deliveries in batches (`multiple` acks).
-//! - [`delivery`]: one delivery from body to ack: early arrivals, the send lease, sending,
-//!   outcomes, retries, dead letters.
+//! - [`delivery`]: one delivery from body to ack: jobs and changes, pacing, what Teams'
+//!   errors lead to (`delivery/failure.rs`), sending round the delay levels again.
 //! - [`dead_letters`]: the operator's `dead list|redrive` commands.
 //! - [`resolve`]: from a job's target to a conversation id and serviceUrl.
-//! - [`retry`]: backoff for transient failures.
+//! - [`connector`]: the bot's token and the Bot Connector REST calls, Teams' error answers read.
+//! - [`pace`]: Teams' per-conversation and per-tenant limits, held across every replica.
 //! - This file: wiring ([`Dispatcher::build`]) and the lifecycle ([`Dispatcher::run`]).
 
 pub mod acks;
+pub mod connector;
 pub mod consumer;
 pub mod dead_letters;
 pub mod delivery;
+pub mod pace;
 pub mod resolve;
-pub mod retry;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use herald_shared::{
     BuildError,
     admin::{self, Readiness},
-    amqp::{Broker, Publisher, Topology},
+    amqp::{Broker, Publisher, Topology, queue_depth},
     config::DispatcherConfig,
-    connector::{BotConnector, TokenSource},
     metrics::{Metrics, Service},
-    store::{ConversationStore, Pacer, Redis, StatusStore},
+    store::{ConversationStore, Redis, StatusStore},
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{delivery::Handler, resolve::Resolver};
+use crate::{
+    connector::{BotConnector, TokenSource},
+    delivery::{Handler, failure},
+    pace::Pacer,
+    resolve::Resolver,
+};
 
 /// A built dispatcher, ready to [`run`](Dispatcher::run).
 #[derive(Debug)]
@@ -95,10 +101,12 @@ impl Dispatcher {
             ),
             connector,
             publisher: Publisher::new(broker.clone()),
-            retry_schedule: config.retry_schedule.clone(),
-            max_attempts: config.max_attempts,
+            policy: failure::Policy {
+                retry_schedule: config.retry_schedule.clone(),
+                max_attempts: config.max_attempts,
+                gcc_service_url: common.teams.gcc_service_url.clone(),
+            },
             send_lease: config.send_lease,
-            gcc_service_url: common.teams.gcc_service_url.clone(),
             metrics: metrics.clone(),
             abandon: CancellationToken::new(),
         });
@@ -189,8 +197,10 @@ impl Dispatcher {
 }
 
 /// Keeps the `herald_queue_messages` gauges current (what an autoscaler on queue depth reads).
+///
+/// # Cancel safety
+/// Cancel safe: a cancelled sample loses only that reading; the gauges keep the last one.
 async fn sample_queue_depths(broker: Broker, metrics: Metrics, stop: CancellationToken) {
-    use lapin::{options::QueueDeclareOptions, types::FieldTable};
     let topology = broker.topology().clone();
     let queues = [
         ("dispatch", topology.dispatch_queue()),
@@ -199,20 +209,11 @@ async fn sample_queue_depths(broker: Broker, metrics: Metrics, stop: Cancellatio
     loop {
         if let Some(link) = broker.current() {
             for (name, queue) in &queues {
-                let passive = QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                };
-                let declared = link.publish_channel.queue_declare(
-                    queue.as_str().into(),
-                    passive,
-                    FieldTable::default(),
-                );
-                if let Ok(declared) = declared.await {
+                if let Ok(depth) = queue_depth(&link.publish_channel, queue).await {
                     let gauge = metrics
                         .queue_messages
                         .get_or_create(&vec![("queue", (*name).to_owned())]);
-                    gauge.set(i64::from(declared.message_count()));
+                    gauge.set(i64::from(depth.messages));
                 }
             }
         }

@@ -3,7 +3,6 @@
 //! has never heard from, or a new thread in a team channel.
 
 use herald_shared::{
-    connector::{BotConnector, ConnectorError},
     job::Target,
     store::{
         ActivityEffect, ConversationAddress, ConversationRef, ConversationStore, RecordedActivity,
@@ -11,6 +10,8 @@ use herald_shared::{
     },
 };
 use time::OffsetDateTime;
+
+use crate::connector::{BotConnector, ConnectorError};
 
 /// A concrete place to send to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,12 +52,13 @@ impl Destination {
 #[error("{0}")]
 pub struct Unreachable(pub String);
 
+/// Why a target has no destination. Redis being unavailable is not among them: the resolver
+/// answers `Result<Result<_, ResolveError>, StoreError>`, so a caller retries an outage and
+/// handles these.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error(transparent)]
     Unreachable(#[from] Unreachable),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     /// Creating the user's 1:1 chat failed; handled like a failed send.
     #[error(transparent)]
     Teams(#[from] ConnectorError),
@@ -86,8 +88,11 @@ pub enum Lookup {
 impl Resolver {
     /// Where `target` is, from the stores alone (no call to Teams, so it can run beside the
     /// send claim): usually one round trip.
-    pub async fn look_up(&self, target: &Target) -> Result<Lookup, ResolveError> {
-        match target {
+    pub async fn look_up(
+        &self,
+        target: &Target,
+    ) -> Result<Result<Lookup, Unreachable>, StoreError> {
+        Ok(match target {
             Target::User(user) => {
                 let stored = self
                     .conversations
@@ -100,8 +105,7 @@ impl Resolver {
                         ..
                     }) => Err(Unreachable(format!(
                         "the user's conversation was removed: {reason}"
-                    ))
-                    .into()),
+                    ))),
                     Some(reference) => Ok(Lookup::Ready(Destination::Conversation {
                         service_url: reference.service_url,
                         conversation_id: reference.conversation_id,
@@ -116,50 +120,60 @@ impl Resolver {
             Target::Conversation(conversation) => {
                 let stored = self.conversations.address(&conversation.id).await?;
                 if let Some(reason) = stored.as_ref().and_then(|r| r.removed_reason.as_ref()) {
-                    return Err(
-                        Unreachable(format!("the conversation was removed: {reason}")).into(),
-                    );
+                    return Ok(Err(Unreachable(format!(
+                        "the conversation was removed: {reason}"
+                    ))));
                 }
                 let tenant_id = conversation
                     .tenant_id
                     .clone()
                     .or_else(|| stored.as_ref().and_then(|r| r.tenant_id.clone()));
                 let service_url = match (&conversation.service_url, stored) {
-                    (Some(url), _) => url.clone(),
-                    (None, Some(reference)) => reference.service_url,
+                    (Some(url), _) => Ok(url.clone()),
+                    (None, Some(reference)) => Ok(reference.service_url),
                     (None, None) => self.tenant_service_url(tenant_id.as_deref()).await?,
                 };
-                Ok(Lookup::Ready(Destination::Conversation {
-                    service_url,
-                    conversation_id: conversation.id.clone(),
-                    tenant_id,
-                }))
+                service_url.map(|service_url| {
+                    Lookup::Ready(Destination::Conversation {
+                        service_url,
+                        conversation_id: conversation.id.clone(),
+                        tenant_id,
+                    })
+                })
             }
-            Target::Channel(channel) => Ok(Lookup::Ready(Destination::ChannelThread {
-                service_url: self.tenant_service_url(Some(&channel.tenant_id)).await?,
-                tenant_id: channel.tenant_id.clone(),
-                channel_id: channel.channel_id.clone(),
-            })),
-        }
+            Target::Channel(channel) => self
+                .tenant_service_url(Some(&channel.tenant_id))
+                .await?
+                .map(|service_url| {
+                    Lookup::Ready(Destination::ChannelThread {
+                        service_url,
+                        tenant_id: channel.tenant_id.clone(),
+                        channel_id: channel.channel_id.clone(),
+                    })
+                }),
+        })
     }
 
     /// The destination of a lookup, creating the user's 1:1 chat in Teams if need be; call it
     /// only once the send is claimed.
-    pub async fn complete(&self, lookup: &Lookup) -> Result<Destination, ResolveError> {
+    pub async fn complete(
+        &self,
+        lookup: &Lookup,
+    ) -> Result<Result<Destination, ResolveError>, StoreError> {
         match lookup {
-            Lookup::Ready(destination) => Ok(destination.clone()),
+            Lookup::Ready(destination) => Ok(Ok(destination.clone())),
             Lookup::NewPersonalChat {
                 tenant_id,
                 aad_object_id,
             } => {
-                let reference = self
+                let created = self
                     .create_personal_conversation(tenant_id, aad_object_id)
                     .await?;
-                Ok(Destination::Conversation {
+                Ok(created.map(|reference| Destination::Conversation {
                     service_url: reference.service_url,
                     conversation_id: reference.conversation_id,
                     tenant_id: Some(tenant_id.clone()),
-                })
+                }))
             }
         }
     }
@@ -170,12 +184,19 @@ impl Resolver {
         &self,
         tenant_id: &str,
         aad_object_id: &str,
-    ) -> Result<ConversationRef, ResolveError> {
-        let service_url = self.tenant_service_url(Some(tenant_id)).await?;
-        let created = self
+    ) -> Result<Result<ConversationRef, ResolveError>, StoreError> {
+        let service_url = match self.tenant_service_url(Some(tenant_id)).await? {
+            Ok(url) => url,
+            Err(unreachable) => return Ok(Err(unreachable.into())),
+        };
+        let created = match self
             .connector
             .create_personal_conversation(&service_url, &self.bot_id, tenant_id, aad_object_id)
-            .await?;
+            .await
+        {
+            Ok(created) => created,
+            Err(refused) => return Ok(Err(refused.into())),
+        };
         tracing::info!(conversation_id = %created.id, tenant_id, "created a 1:1 chat with a user Herald had not heard from");
         let reference = ConversationRef {
             conversation_id: created.id,
@@ -195,21 +216,23 @@ impl Resolver {
             effect: ActivityEffect::Refresh,
         };
         self.conversations.record(&recorded).await?;
-        Ok(reference)
+        Ok(Ok(reference))
     }
 
     /// The tenant's most recent serviceUrl, else the cloud's default.
-    async fn tenant_service_url(&self, tenant: Option<&str>) -> Result<String, ResolveError> {
+    async fn tenant_service_url(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Result<String, Unreachable>, StoreError> {
         if let Some(tenant) = tenant
             && let Some(url) = self.conversations.tenant_service_url(tenant).await?
         {
-            return Ok(url);
+            return Ok(Ok(url));
         }
-        self.default_service_url.clone().ok_or_else(|| {
+        Ok(self.default_service_url.clone().ok_or_else(|| {
             Unreachable(
                 "no serviceUrl is known for this tenant and the cloud has no default".into(),
             )
-            .into()
-        })
+        }))
     }
 }

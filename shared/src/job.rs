@@ -161,10 +161,16 @@ impl Message {
     }
 }
 
+/// The AMQP `type` of an edit of a delivered message (a [`Change`] with a message).
+pub const UPDATE_TYPE_V1: &str = "notification.update.v1";
+/// The AMQP `type` of a deletion of a delivered message (a [`Change`] without one).
+pub const DELETE_TYPE_V1: &str = "notification.delete.v1";
+
 /// A change to a message already delivered (`DELETE`/`PATCH` on `/v1/notifications/{id}`).
 ///
 /// Internal: it travels through `{ns}.jobs` like a job, so it is paced and retried like a
-/// send, marked by the `x-herald-op` header; other services never publish it.
+/// send, told apart from jobs by its AMQP `type` ([`ChangeKind::amqp_type`]); other services
+/// never publish it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Change {
@@ -195,6 +201,23 @@ impl ChangeKind {
         match s {
             "update" => Some(ChangeKind::Update),
             "delete" => Some(ChangeKind::Delete),
+            _ => None,
+        }
+    }
+
+    /// The AMQP `type` a change of this kind travels with.
+    pub fn amqp_type(self) -> &'static str {
+        match self {
+            ChangeKind::Update => UPDATE_TYPE_V1,
+            ChangeKind::Delete => DELETE_TYPE_V1,
+        }
+    }
+
+    /// The kind of change an AMQP `type` names, if it names one.
+    pub fn from_amqp_type(amqp_type: &str) -> Option<Self> {
+        match amqp_type {
+            UPDATE_TYPE_V1 => Some(ChangeKind::Update),
+            DELETE_TYPE_V1 => Some(ChangeKind::Delete),
             _ => None,
         }
     }

@@ -7,8 +7,6 @@
 //! - [`amqp`]: the RabbitMQ topology (every name and argument), the reconnecting broker link,
 //!   the confirmed publisher and the headers carrying bookkeeping.
 //! - [`store`]: Redis stores for conversation references and job status records.
-//! - [`connector`]: the bot's token and the Bot Connector REST calls, with Teams' answers
-//!   classified.
 //! - [`telemetry`]: logs (JSON lines, with their own span field formatter) and traces;
 //!   [`metrics`]: the Prometheus metrics.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`).
@@ -18,7 +16,6 @@ pub mod allowlist;
 pub mod amqp;
 pub mod cloud;
 pub mod config;
-pub mod connector;
 pub mod job;
 pub mod metrics;
 pub mod store;

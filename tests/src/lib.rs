@@ -535,21 +535,6 @@ impl Drop for NamespaceGuard {
     }
 }
 
-/// A queue's ready messages and consumers, by passive declare (which creates nothing).
-pub async fn queue_counts(channel: &lapin::Channel, queue: &str) -> lapin::Result<(u32, u32)> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await?;
-    Ok((declared.message_count(), declared.consumer_count()))
-}
-
 pub async fn delete_namespace(namespace: &str) -> anyhow::Result<()> {
     let topology = Topology::new(namespace.parse::<Namespace>().map_err(anyhow::Error::msg)?);
     let connection =

@@ -4,7 +4,7 @@
 use std::{process::Stdio, time::Duration};
 
 use herald_emulator::TeamsUser;
-use herald_shared::store::JobStatus;
+use herald_shared::{amqp::queue_depth, store::JobStatus};
 use herald_tests::{
     StackOptions, TestStack, binary, closed_port, job_for, publish_jobs, wait_until,
 };
@@ -200,21 +200,11 @@ async fn sigterm_finishes_the_work_in_flight_and_exits_zero() {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let passive = lapin::options::QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let queue = channel
-        .queue_declare(
-            topology.dispatch_queue().as_str().into(),
-            passive,
-            lapin::types::FieldTable::default(),
-        )
+    let queue = queue_depth(&channel, &topology.dispatch_queue())
         .await
         .unwrap();
     assert_eq!(
-        queue.message_count(),
-        0,
+        queue.messages, 0,
         "deliveries finished during shutdown were returned unacked"
     );
     // Everything that was in flight was finished, not dropped.

@@ -5,13 +5,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use herald_shared::{
-    amqp::{Broker, PublishError, Publisher, Topology},
+    amqp::{Broker, PublishError, Publisher, Topology, queue_depth},
     config::{Namespace, SecretUrl},
 };
 use herald_tests::{NamespaceGuard, amqp_url, fresh_namespace, wait_until};
 use lapin::{
     BasicProperties,
-    options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicConsumeOptions},
     types::FieldTable,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -93,21 +93,11 @@ async fn many_publishes_in_flight_are_each_confirmed() {
         results.iter().find(|r| r.is_err())
     );
     let link = c.broker.current().unwrap();
-    let queue = link
-        .publish_channel
-        .queue_declare(
-            c.broker.topology().dispatch_queue().as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let queue = queue_depth(&link.publish_channel, &c.broker.topology().dispatch_queue())
         .await
         .unwrap();
     assert_eq!(
-        queue.message_count(),
-        500,
+        queue.messages, 500,
         "every confirmed job is in the dispatch queue"
     );
     c.stop.cancel();

@@ -220,9 +220,10 @@ async fn a_tenant_with_a_big_backlog_does_not_hold_up_another_tenant() {
 /// from when its call ended, so a slow call pushes the window out.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_turn_once_given_is_kept_and_a_send_counts_from_its_end() {
+    use herald_dispatcher::pace::{Admission, Pacer};
     use herald_shared::{
         config::{Namespace, RateLimits, RedisTarget},
-        store::{Admission, Pacer, Redis},
+        store::Redis,
     };
     let namespace = herald_tests::fresh_namespace();
     let _guard = herald_tests::NamespaceGuard::new(&namespace);

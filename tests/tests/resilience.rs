@@ -6,13 +6,12 @@ use std::{process::Stdio, time::Duration};
 
 use herald_emulator::TeamsUser;
 use herald_shared::{
-    amqp::{Topology, topology::DISPATCH_DELIVERY_LIMIT},
+    amqp::{Topology, queue_depth, topology::DISPATCH_DELIVERY_LIMIT},
     job::Job,
     store::JobStatus,
 };
 use herald_tests::{
-    StackOptions, TestStack, job_for, proxy::Proxy, publish_jobs, publish_raw, queue_counts,
-    wait_until,
+    StackOptions, TestStack, job_for, proxy::Proxy, publish_jobs, publish_raw, wait_until,
 };
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 
@@ -147,10 +146,10 @@ async fn cut_connections_heal_by_themselves_and_no_job_is_lost_or_left_unacked()
         "the dispatch queue to be empty",
         Duration::from_secs(10),
         || async {
-            queue_counts(&channel, &topology.dispatch_queue())
+            queue_depth(&channel, &topology.dispatch_queue())
                 .await
                 .unwrap()
-                .0
+                .messages
                 == 0
         },
     )

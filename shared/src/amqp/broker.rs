@@ -108,6 +108,14 @@ impl Broker {
     }
 }
 
+/// Keeps one link to RabbitMQ up until `stop`, publishing each new link (and its loss) on
+/// `state`.
+///
+/// # Cancel safety
+/// Stopped through `stop`, it closes the connection cleanly. Dropped mid-connect, the half-made
+/// connection is dropped too and the broker closes it; `state` keeps whatever it last said,
+/// so a dropped supervisor must not be relied on (the broker is meant to live as long as its
+/// service).
 async fn supervise(
     uri: AMQPUri,
     topology: Topology,
@@ -171,6 +179,10 @@ async fn connect(
 }
 
 /// Waits until the link dies (true: because `stop` was cancelled).
+///
+/// # Cancel safety
+/// Cancel safe: it only watches; a cancelled wait loses an event that said the link is dying,
+/// and the next health check sees it.
 async fn wait_until_lost(link: &Link, stop: &CancellationToken) -> bool {
     let mut events = link.connection.events_listener();
     let mut health = tokio::time::interval(HEALTH_CHECK);

@@ -1,13 +1,15 @@
 //! RabbitMQ: the topology (one module owns every name and argument), the reconnecting broker
-//! link, publisher confirms, and the headers that carry Herald's bookkeeping.
+//! link, publisher confirms, the headers that carry Herald's bookkeeping, and queue depths.
 
 mod broker;
+mod depth;
 pub mod headers;
 mod publisher;
 pub mod topology;
 
 pub use self::{
     broker::{Broker, InvalidAmqpUrl, Link},
+    depth::{QueueDepth, queue_depth},
     publisher::{PublishError, Publisher},
     topology::Topology,
 };

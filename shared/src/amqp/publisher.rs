@@ -93,8 +93,23 @@ impl Publisher {
         delay: Duration,
         headers: FieldTable,
     ) -> Result<(), PublishError> {
+        self.publish_for_dispatch(job_id, crate::job::JOB_TYPE_V1, body, delay, headers)
+            .await
+    }
+
+    /// Publishes a message of the contract `amqp_type` (a job, or a change to a delivered
+    /// message) so that it reaches the dispatch queue after `delay`, through the delay levels
+    /// when it is a second or more.
+    pub async fn publish_for_dispatch(
+        &self,
+        message_id: &str,
+        amqp_type: &str,
+        body: &[u8],
+        delay: Duration,
+        headers: FieldTable,
+    ) -> Result<(), PublishError> {
         let topology = self.broker.topology();
-        let properties = job_properties(job_id, headers);
+        let properties = dispatch_properties(message_id, amqp_type, headers);
         if delay.as_secs() == 0 {
             self.publish(
                 &topology.jobs_exchange(),
@@ -115,14 +130,14 @@ impl Publisher {
         }
     }
 
-    /// Queues a change to a delivered message; it goes through the dispatch queue like a job.
+    /// Queues a change to a delivered message; it goes through the dispatch queue like a job,
+    /// under its own AMQP `type`.
     pub async fn publish_change(
         &self,
         change: &crate::job::Change,
         kind: crate::job::ChangeKind,
-        mut headers: FieldTable,
+        headers: FieldTable,
     ) -> Result<(), PublishError> {
-        headers::set_text(&mut headers, headers::OPERATION, kind.as_str());
         let body = serde_json::to_vec(change).expect("a change always serializes");
         let message_id = format!(
             "{}:{}:{}",
@@ -130,8 +145,14 @@ impl Publisher {
             kind.as_str(),
             uuid::Uuid::new_v4().simple()
         );
-        self.publish_job(&message_id, &body, Duration::ZERO, headers)
-            .await
+        self.publish_for_dispatch(
+            &message_id,
+            kind.amqp_type(),
+            &body,
+            Duration::ZERO,
+            headers,
+        )
+        .await
     }
 
     /// Moves a message to the dead-letter queue with the reason in its headers.
@@ -162,13 +183,13 @@ impl Publisher {
     }
 }
 
-/// The properties the contract prescribes for a job: JSON, persistent, `message_id` = job id,
-/// and the contract's version as `type`.
-pub fn job_properties(job_id: &str, headers: FieldTable) -> BasicProperties {
+/// The properties of anything Herald queues for the dispatcher, as the job contract prescribes:
+/// JSON, persistent, its id as `message_id`, and its contract's version as `type`.
+fn dispatch_properties(message_id: &str, amqp_type: &str, headers: FieldTable) -> BasicProperties {
     BasicProperties::default()
-        .with_type(ShortString::from(crate::job::JOB_TYPE_V1))
+        .with_type(ShortString::from(amqp_type))
         .with_content_type(ShortString::from("application/json"))
         .with_delivery_mode(2)
-        .with_message_id(job_id.into())
+        .with_message_id(message_id.into())
         .with_headers(headers)
 }

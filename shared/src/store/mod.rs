@@ -1,10 +1,10 @@
-//! Redis stores: conversation references, job status records, and the pacing state.
+//! Redis stores: conversation references and job status records, and the shared connection
+//! other crates' stores (the dispatcher's pacer) build on.
 //!
 //! Keys are `{namespace}:{kind}:{id}`. Every script touches a single key, or keys that share a
 //! hash tag (pacing), so that they would run unchanged on a Redis Cluster.
 
 mod conversation;
-mod pace;
 mod status;
 
 use std::time::Duration;
@@ -23,7 +23,6 @@ pub use self::{
         ActivityEffect, ConversationAddress, ConversationRef, ConversationStore, InstallState,
         RecordedActivity,
     },
-    pace::{Admission, PacedSend, Pacer},
     status::{BeginSend, Cancel, JobStatus, Outcome, StatusRecord, StatusStore},
 };
 use crate::config::{Namespace, RedisTarget};
@@ -91,11 +90,12 @@ impl Redis {
     }
 
     /// A handle for one operation; cheap (one multiplexed connection underneath).
-    pub(crate) fn conn(&self) -> Connection {
+    pub fn conn(&self) -> Connection {
         self.connection.clone()
     }
 
-    pub(crate) fn key(&self, kind: &str, id: &str) -> String {
+    /// The key of record `id` of `kind`, in this deployment's namespace.
+    pub fn key(&self, kind: &str, id: &str) -> String {
         format!("{}:{kind}:{id}", self.namespace)
     }
 
@@ -122,15 +122,32 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// One server's self-healing connection, or a cluster's (connected on first use, so that a
 /// service can start while the cluster is down).
 #[derive(Clone)]
-pub(crate) enum Connection {
+pub enum Connection {
     Single(ConnectionManager),
     Cluster(LazyCluster),
 }
 
 #[derive(Clone)]
-pub(crate) struct LazyCluster {
+pub struct LazyCluster {
     client: Arc<ClusterClient>,
     connection: Arc<tokio::sync::OnceCell<ClusterConnection>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Connection::Single(_) => "Connection::Single",
+            Connection::Cluster(_) => "Connection::Cluster",
+        })
+    }
+}
+
+impl std::fmt::Debug for LazyCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyCluster")
+            .field("connected", &self.connection.initialized())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LazyCluster {

@@ -1,5 +1,5 @@
 //! The Bot Connector side: the bot's token (client credentials) and the REST calls to Teams,
-//! with Teams' answers classified where they are decided (TEAMS.md §2–§3).
+//! with Teams' error answers read into [`ConnectorError`].
 
 mod client;
 mod error;
@@ -7,6 +7,6 @@ mod token;
 
 pub use self::{
     client::{BotConnector, CreatedConversation, SentActivity},
-    error::{ConnectorError, ErrorClass},
+    error::ConnectorError,
     token::{TokenError, TokenSource},
 };

@@ -24,8 +24,10 @@ use std::sync::LazyLock;
 use redis::Script;
 use std::time::Duration;
 
-use super::{Redis, StoreError};
-use crate::config::RateLimits;
+use herald_shared::{
+    config::RateLimits,
+    store::{Redis, StoreError},
+};
 
 /// The pacer's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use super::{
     error::{ConnectorError, parse_error_body, parse_retry_after},
     token::TokenSource,
 };
-use crate::allowlist::ServiceUrlAllowlist;
+use herald_shared::allowlist::ServiceUrlAllowlist;
 
 /// Conversation ids carry `:`, `@` and `;`; everything but unreserved characters is encoded
 /// (as teams.net does), which every Teams front end accepts.
@@ -202,7 +202,7 @@ impl BotConnector {
         }
         // The call continues the trace of the job it is made for.
         let mut trace_headers = header::HeaderMap::new();
-        crate::telemetry::inject_http(&mut trace_headers);
+        herald_shared::telemetry::inject_http(&mut trace_headers);
         request = request.headers(trace_headers);
         let response = request.send().await.map_err(ConnectorError::Transport)?;
         let status = response.status();

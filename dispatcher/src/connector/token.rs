@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::config::{BotCredentials, TeamsEndpoints};
+use herald_shared::config::{BotCredentials, TeamsEndpoints};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {

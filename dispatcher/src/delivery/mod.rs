@@ -1,0 +1,464 @@
+//! Handling one delivery from `{ns}.dispatch`, from the body to the ack.
+//!
+//! The ack comes last, after the outcome is recorded (or the work safely re-queued through the
+//! delay levels), so a crash at any point leaves the delivery unacked and RabbitMQ hands it out
+//! again; the status record's send lease then keeps the second copy from sending twice.
+//!
+//! A delivery is a job (send a message) or a change to a message already delivered (edit or
+//! delete it), told apart by its AMQP `type`.
+//!
+//! # Layout
+//! - This file: the handler, reading a delivery once ([`Work`]), and the steps every kind
+//!   shares: pacing, timing a call to Teams, carrying out a failure's side effects, and
+//!   waiting out a Redis or RabbitMQ outage.
+//! - [`job`]: sending a job: early arrivals, the send lease, the target's conversation, the
+//!   call, the outcome.
+//! - [`change`]: editing and deleting delivered messages.
+//! - [`failure`]: what a failed call to Teams leads to (a 429, a gone conversation, the GCC
+//!   host, a retry, giving up), as one pure decision.
+//! - [`requeue`]: sending a delivery round the delay levels (early, paced out, retried).
+
+mod change;
+pub mod failure;
+mod job;
+mod requeue;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use herald_shared::{
+    amqp::{
+        Publisher,
+        headers::{self, Bookkeeping},
+    },
+    job::{Change, ChangeKind, JOB_TYPE_V1, Job, Message},
+    metrics::Metrics,
+    store::{ConversationStore, StatusStore},
+    telemetry,
+};
+use lapin::{message::Delivery, types::FieldTable};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::failure::{Decision, Verdict};
+use crate::{
+    acks::{Settler, Verdict as Settlement},
+    connector::BotConnector,
+    pace::{Admission, PacedSend, Pacer},
+    resolve::Resolver,
+};
+
+/// A pacing wait up to this long is slept out here. Kept short: every sleeper holds a prefetch
+/// slot, and free slots are what let a backlog cycle past other tenants' jobs.
+const PACE_HERE_AT_MOST: Duration = Duration::from_millis(250);
+
+/// Everything a delivery handler needs, shared by all of them.
+#[derive(Debug)]
+pub struct Handler {
+    pub instance: String,
+    pub statuses: StatusStore,
+    pub conversations: ConversationStore,
+    pub resolver: Resolver,
+    pub pacer: Pacer,
+    pub connector: BotConnector,
+    pub publisher: Publisher,
+    pub policy: failure::Policy,
+    pub send_lease: Duration,
+    pub metrics: Metrics,
+    /// Cancelled when the service must let go of unfinished deliveries (shutdown deadline).
+    pub abandon: CancellationToken,
+}
+
+/// The service is stopping and this delivery's work is unfinished: it goes back to the queue.
+#[derive(Debug)]
+struct Abandoned;
+
+/// What a delivery asks for, read from its type and body once.
+#[derive(Debug)]
+enum Work {
+    Job(Job),
+    /// A change to the message of job `id`.
+    Change {
+        id: String,
+        alteration: Alteration,
+    },
+}
+
+/// What a change does to a delivered message.
+#[derive(Debug)]
+enum Alteration {
+    /// PUT the activity with this content.
+    Update(Message),
+    /// DELETE the activity.
+    Delete,
+}
+
+impl Alteration {
+    fn kind(&self) -> ChangeKind {
+        match self {
+            Alteration::Update(_) => ChangeKind::Update,
+            Alteration::Delete => ChangeKind::Delete,
+        }
+    }
+}
+
+/// A delivery being handled, with what was read from its properties once.
+#[derive(Debug)]
+struct Incoming<'a> {
+    delivery: &'a Delivery,
+    /// The id of the job it concerns.
+    id: &'a str,
+    /// Its contract's AMQP `type`, kept when it goes round again.
+    amqp_type: &'static str,
+    bookkeeping: Bookkeeping,
+}
+
+/// Whether Teams' limits let a call go now.
+enum Paced {
+    /// Send now, and tell the pacer when the call is done.
+    Go(PacedSend),
+    /// Not for `wait`: too long to hold a prefetch slot, so the work goes round again, and
+    /// presents its `turn` when it is back.
+    Later { wait: Duration, turn: u64 },
+}
+
+impl Handler {
+    /// Handles one delivery to the end, then gives the verdict to the channel's settler.
+    pub async fn handle(self: Arc<Self>, delivery: Delivery, settler: Settler) {
+        let verdict = match self.work_on(&delivery).await {
+            Ok(()) => Settlement::Ack,
+            Err(Abandoned) => Settlement::Requeue,
+        };
+        settler.settle(delivery.delivery_tag, verdict);
+    }
+
+    async fn work_on(&self, delivery: &Delivery) -> Result<(), Abandoned> {
+        let amqp_headers = delivery.properties.headers().as_ref();
+        let amqp_type = delivery.properties.kind().as_ref().map(|t| t.as_str());
+        let work = match read_work(amqp_type, amqp_headers, &delivery.data) {
+            Ok(work) => work,
+            Err(reason) => return self.poison(delivery, &reason).await,
+        };
+        let bookkeeping = Bookkeeping::read(amqp_headers);
+        // One span per delivery, in the trace of the request that queued it.
+        let parent = headers::trace_context(amqp_headers);
+        let trace_id = telemetry::trace_id_field(&parent);
+        match &work {
+            Work::Job(job) => {
+                let span = tracing::info_span!(
+                    "job",
+                    otel.name = "deliver job",
+                    otel.kind = "consumer",
+                    job_id = %job.id,
+                    attempt = bookkeeping.attempts + 1,
+                    trace_id,
+                );
+                telemetry::continue_trace(&span, parent);
+                let incoming = Incoming {
+                    delivery,
+                    id: &job.id,
+                    amqp_type: JOB_TYPE_V1,
+                    bookkeeping,
+                };
+                self.send_job(job, &incoming).instrument(span).await
+            }
+            Work::Change { id, alteration } => {
+                let kind = alteration.kind();
+                let span = tracing::info_span!(
+                    "change",
+                    otel.name = %format_args!("{} message", kind.as_str()),
+                    otel.kind = "consumer",
+                    job_id = %id,
+                    op = kind.as_str(),
+                    trace_id,
+                );
+                telemetry::continue_trace(&span, parent);
+                let incoming = Incoming {
+                    delivery,
+                    id,
+                    amqp_type: kind.amqp_type(),
+                    bookkeeping,
+                };
+                self.change(alteration, &incoming).instrument(span).await
+            }
+        }
+    }
+
+    /// Sets a message that can never be handled aside, with the reason, and goes on.
+    async fn poison(&self, delivery: &Delivery, reason: &str) -> Result<(), Abandoned> {
+        self.metrics.job("rejected");
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned());
+        tracing::warn!(?message_id, %reason, "poison message; dead-lettering it");
+        let amqp_headers = delivery.properties.headers().as_ref();
+        self.until_done("dead-letter", || {
+            self.publisher
+                .dead_letter(message_id.as_deref(), &delivery.data, amqp_headers, reason)
+        })
+        .await
+    }
+
+    /// Runs one call to Teams, timing it by operation.
+    async fn timed<T>(&self, operation: &'static str, call: impl Future<Output = T>) -> T {
+        // The call's own span is the parent the Bot Connector sees in `traceparent`.
+        let span = tracing::info_span!("teams", otel.name = operation, otel.kind = "client");
+        let started = std::time::Instant::now();
+        let result = call.instrument(span).await;
+        let labels = vec![("operation", operation.to_owned())];
+        self.metrics
+            .teams_request_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Asks the pacer for a turn (presenting `turn`, the one given earlier, if any); short
+    /// waits are slept out here (holding the prefetch slot briefly), longer ones are the
+    /// caller's to send round the delay levels.
+    async fn pace(
+        &self,
+        tenant: Option<&str>,
+        thread: &str,
+        mut turn: Option<u64>,
+    ) -> Result<Paced, Abandoned> {
+        loop {
+            match self
+                .until_done("pace", || self.pacer.admit(tenant, thread, turn))
+                .await?
+            {
+                Admission::Now(paced) => return Ok(Paced::Go(paced)),
+                Admission::Wait { wait, turn: given } if wait <= PACE_HERE_AT_MOST => {
+                    self.count_pacing_wait("slept");
+                    turn = Some(given);
+                    self.sleep(wait).await?;
+                }
+                Admission::Wait { wait, turn } => {
+                    self.count_pacing_wait("redelayed");
+                    return Ok(Paced::Later { wait, turn });
+                }
+            }
+        }
+    }
+
+    fn count_pacing_wait(&self, action: &str) {
+        self.metrics
+            .pacing_waits
+            .get_or_create(&vec![("action", action.to_owned())])
+            .inc();
+    }
+
+    /// Tells the pacer a call it admitted is done. Best effort: if Redis cannot take it, the
+    /// send stays counted from when it was admitted, and the safety margin covers the rest.
+    async fn note_sent(&self, paced: &PacedSend) {
+        if let Err(error) = self.pacer.sent(paced).await {
+            tracing::debug!(%error, "could not tell the pacer a send is done");
+        }
+    }
+
+    /// Carries out what a failure decision asks for beside its verdict: the whole tenant
+    /// paused on every replica, the tenant moved to the GCC host, the conversation marked
+    /// gone. `tenant` and `conversation_id` are what the failed call went to, when known.
+    async fn follow_up(
+        &self,
+        decision: &Decision,
+        tenant: Option<&str>,
+        conversation_id: Option<&str>,
+    ) -> Result<(), Abandoned> {
+        if let Some(pause) = decision.pause_tenant {
+            self.metrics.throttled.inc();
+            if let Some(tenant) = tenant {
+                tracing::warn!(
+                    tenant,
+                    ?pause,
+                    "Teams throttled the tenant; pausing it everywhere"
+                );
+                self.until_done("pause the tenant", || {
+                    self.pacer.pause_tenant(tenant, pause)
+                })
+                .await?;
+            }
+        }
+        if let (Some(host), Some(tenant)) = (&decision.move_to_host, tenant) {
+            tracing::warn!(tenant, gcc = %host, "a GCC tenant on the public host; moving it to the GCC host");
+            let moved = || {
+                self.conversations
+                    .move_service_url(tenant, conversation_id, host)
+            };
+            self.until_done("move the tenant to the GCC host", moved)
+                .await?;
+        }
+        if let (true, Some(gone)) = (decision.conversation_gone, conversation_id) {
+            // Later jobs for this conversation fail without calling Teams, until the next
+            // install or message revives the reference.
+            let mark = || self.conversations.mark_removed(gone, &decision.reason);
+            self.until_done("mark the conversation removed", mark)
+                .await?;
+        }
+        if let Verdict::Retry { .. } = decision.verdict {
+            self.metrics.retries.inc();
+        }
+        Ok(())
+    }
+
+    /// Sleeps for `wait`, unless the service must let go of its deliveries first.
+    async fn sleep(&self, wait: Duration) -> Result<(), Abandoned> {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = self.abandon.cancelled() => Err(Abandoned),
+        }
+    }
+
+    /// Runs a step that needs Redis or RabbitMQ until it succeeds, waiting out outages with
+    /// backoff. Holding the delivery meanwhile is the back-pressure: with every prefetch slot
+    /// held, the dispatcher takes no new work. Gives up only when the service is stopping.
+    async fn until_done<T, E, F, Fut>(&self, step: &str, mut attempt: F) -> Result<T, Abandoned>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    tracing::warn!(step, %error, retry_in = ?wait, "a step failed; trying again")
+                }
+            }
+            self.sleep(wait).await?;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// What a delivery asks for, from its AMQP `type`, headers and body; `Err` is why it can never
+/// be handled (the dead-letter reason).
+fn read_work(
+    amqp_type: Option<&str>,
+    amqp_headers: Option<&FieldTable>,
+    body: &[u8],
+) -> Result<Work, String> {
+    // A change queued before changes had types of their own says so in a header.
+    let legacy_operation = headers::text(amqp_headers, headers::LEGACY_OPERATION);
+    let typed_change = amqp_type.and_then(ChangeKind::from_amqp_type);
+    let change = match (typed_change, amqp_type, legacy_operation) {
+        (Some(kind), _, _) => Some(kind),
+        (None, None | Some(JOB_TYPE_V1), Some(op)) => Some(
+            ChangeKind::parse(&op).ok_or_else(|| format!("rejected: unknown operation {op:?}"))?,
+        ),
+        (None, None | Some(JOB_TYPE_V1), None) => None,
+        (None, Some(other), _) => {
+            return Err(format!(
+                "rejected: unknown job version {other:?} (this Herald reads {JOB_TYPE_V1})"
+            ));
+        }
+    };
+    let Some(kind) = change else {
+        return Job::from_slice(body)
+            .map(Work::Job)
+            .map_err(|error| format!("rejected: {error}"));
+    };
+    let change = serde_json::from_slice::<Change>(body)
+        .map_err(|e| format!("rejected: the change is malformed: {e}"))?;
+    let alteration = match (kind, change.message) {
+        (ChangeKind::Update, Some(message)) => Alteration::Update(message),
+        (ChangeKind::Update, None) => {
+            return Err("rejected: an update without a message".into());
+        }
+        (ChangeKind::Delete, _) => Alteration::Delete,
+    };
+    Ok(Work::Change {
+        id: change.id,
+        alteration,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_shared::job::{DELETE_TYPE_V1, UPDATE_TYPE_V1};
+
+    use super::*;
+
+    const JOB: &[u8] =
+        br#"{"id":"j1","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{"text":"hi"}}"#;
+
+    fn legacy(op: &str) -> FieldTable {
+        let mut table = FieldTable::default();
+        headers::set_text(&mut table, headers::LEGACY_OPERATION, op);
+        table
+    }
+
+    #[test]
+    fn a_job_is_read_with_or_without_its_type() {
+        for amqp_type in [None, Some(JOB_TYPE_V1)] {
+            let work = read_work(amqp_type, None, JOB).unwrap();
+            assert!(
+                matches!(work, Work::Job(job) if job.id == "j1"),
+                "{amqp_type:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn edits_and_deletions_are_told_apart_by_their_type() {
+        let edit = read_work(
+            Some(UPDATE_TYPE_V1),
+            None,
+            br#"{"id":"j1","message":{"text":"new"}}"#,
+        );
+        assert!(matches!(
+            edit,
+            Ok(Work::Change { id, alteration: Alteration::Update(m) })
+                if id == "j1" && m.text.as_deref() == Some("new")
+        ));
+        let deletion = read_work(Some(DELETE_TYPE_V1), None, br#"{"id":"j1"}"#);
+        assert!(matches!(
+            deletion,
+            Ok(Work::Change {
+                alteration: Alteration::Delete,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_change_queued_by_an_older_ingress_is_still_understood() {
+        let deletion = read_work(
+            Some(JOB_TYPE_V1),
+            Some(&legacy("delete")),
+            br#"{"id":"j1"}"#,
+        );
+        assert!(matches!(
+            deletion,
+            Ok(Work::Change {
+                alteration: Alteration::Delete,
+                ..
+            })
+        ));
+        let unknown = read_work(None, Some(&legacy("shred")), br#"{"id":"j1"}"#).unwrap_err();
+        assert!(unknown.contains("unknown operation"), "{unknown}");
+    }
+
+    #[test]
+    fn what_cannot_be_handled_says_why() {
+        let cases: &[(Option<&str>, &[u8], &str)] = &[
+            (Some("notification.v9"), JOB, "unknown job version"),
+            (None, b"not json", "not a valid job"),
+            (
+                Some(UPDATE_TYPE_V1),
+                br#"{"id":"j1"}"#,
+                "an update without a message",
+            ),
+            (Some(DELETE_TYPE_V1), b"[]", "the change is malformed"),
+        ];
+        for (amqp_type, body, expected) in cases {
+            let reason = read_work(*amqp_type, None, body).unwrap_err();
+            assert!(
+                reason.starts_with("rejected: ") && reason.contains(expected),
+                "{reason}"
+            );
+        }
+    }
+}
