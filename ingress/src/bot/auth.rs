@@ -1,5 +1,5 @@
-//! Validation of the JWT Teams sends with every activity (TEAMS.md §1; botbuilder-js
-//! `channelValidation.ts`, teams.ts `service-token-validator.ts`).
+//! Validation of the JWT Teams sends with every activity, with the checks of botbuilder-js
+//! `channelValidation.ts` and teams.ts `service-token-validator.ts`.
 //!
 //! Keys come from the OpenID metadata document's `jwks_uri`, cached for a day and fetched
 //! again when a token names an unknown `kid` (at most once per [`UNKNOWN_KID_REFRESH`], so a

@@ -1,5 +1,6 @@
 //! The Bot Connector side: the bot's token (client credentials) and the REST calls to Teams,
-//! with Teams' answers classified where they are decided (TEAMS.md §2–§3).
+//! with Teams' answers classified where they are decided: retried, final, or the conversation is
+//! gone.
 
 mod client;
 mod error;
