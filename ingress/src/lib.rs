@@ -34,12 +34,13 @@ use herald_shared::{
     metrics::{Metrics, Service},
     store::{ConversationStore, Redis, StatusStore},
 };
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    api::Api,
+    api::{Api, ApiKeys},
     bot::{BotEndpoint, auth::BotAuthenticator},
     enqueue::Enqueuer,
     greeting::Greeter,
@@ -111,7 +112,7 @@ impl Ingress {
         let api = Arc::new(Api {
             namespace: common.namespace.to_string(),
             enqueuer,
-            config: Arc::new(config.clone()),
+            api_keys: ApiKeys::parse(config.api_keys.expose_secret()),
         });
         let metrics = Metrics::new(Service::Ingress);
         let router = Router::new()
