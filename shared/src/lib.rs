@@ -10,7 +10,8 @@
 //! - [`connector`]: the bot's token and the Bot Connector REST calls, with Teams' answers
 //!   classified.
 //! - [`telemetry`]: logs (JSON lines, with their own span field formatter) and traces;
-//!   [`metrics`]: the Prometheus metrics.
+//!   [`metrics`]: the Prometheus metrics; [`error`]: an error written with its causes
+//!   ([`error::Chain`]), for logs and recorded texts.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod amqp;
 pub mod cloud;
 pub mod config;
 pub mod connector;
+pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod store;
@@ -31,7 +33,7 @@ pub enum BuildError {
     Redis(#[from] store::StoreError),
     #[error(transparent)]
     Amqp(#[from] amqp::InvalidAmqpUrl),
-    #[error("cannot read a listener's address: {0}")]
+    #[error("cannot read a listener's address")]
     Listener(#[from] std::io::Error),
 }
 

@@ -10,6 +10,7 @@ use axum::{
 };
 use herald_shared::{
     amqp::headers as amqp_headers,
+    error::Chain,
     job::{Change, ChangeKind, Job, JobError, Message, Target},
     store::{Cancel, JobStatus, StatusRecord},
 };
@@ -141,7 +142,7 @@ pub async fn create(
                 existing.id
             )),
         }),
-        Err(e) => Err(Problem::unavailable(e.to_string())),
+        Err(e) => Err(Problem::unavailable(Chain(&e).to_string())),
     }
 }
 
@@ -179,7 +180,7 @@ pub async fn get(
     match api.enqueuer.statuses.get(&id).await {
         Ok(Some(record)) => Ok(Json(record)),
         Ok(None) => Err(no_such_job(&id)),
-        Err(e) => Err(Problem::unavailable(e.to_string())),
+        Err(e) => Err(Problem::unavailable(Chain(&e).to_string())),
     }
 }
 
@@ -208,7 +209,7 @@ pub async fn cancel(
         .statuses
         .cancel(&id, now)
         .await
-        .map_err(|e| Problem::unavailable(e.to_string()))?;
+        .map_err(|e| Problem::unavailable(Chain(&e).to_string()))?;
     match found.ok_or_else(|| no_such_job(&id))? {
         Cancel::Cancelled(record) | Cancel::AlreadyCancelled(record) => {
             Ok(Json(record).into_response())
@@ -265,7 +266,7 @@ pub async fn edit(
         .statuses
         .get(&id)
         .await
-        .map_err(|e| Problem::unavailable(e.to_string()))?;
+        .map_err(|e| Problem::unavailable(Chain(&e).to_string()))?;
     let record = record.ok_or_else(|| no_such_job(&id))?;
     if record.status != JobStatus::Delivered {
         return Err(Problem::conflict(format!(
@@ -292,7 +293,7 @@ async fn queue_change(api: &Api, change: Change, kind: ChangeKind) -> Result<(),
         .publisher
         .publish_change(&change, kind, amqp)
         .await
-        .map_err(|e| Problem::unavailable(e.to_string()))
+        .map_err(|e| Problem::unavailable(Chain(&e).to_string()))
 }
 
 fn no_such_job(id: &str) -> Problem {

@@ -67,7 +67,7 @@ pub struct IdOnly {
 /// Why a body is not an activity Herald can use.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivityError {
-    #[error("the body is not a valid activity: {0}")]
+    #[error("the body is not a valid activity")]
     Malformed(#[from] serde_json::Error),
     #[error("the activity's {0} is empty")]
     Empty(&'static str),

@@ -18,6 +18,7 @@ use axum::{
 };
 use herald_shared::{
     allowlist::ServiceUrlAllowlist,
+    error::Chain,
     store::{ActivityEffect, ConversationStore},
 };
 use time::OffsetDateTime;
@@ -66,7 +67,8 @@ async fn handle(
         }
     })?;
     let body = body.map_err(|e| Problem::new(e.status(), "Bad Request", e.body_text()))?;
-    let activity = Activity::parse(&body).map_err(|e| Problem::bad_request(e.to_string()))?;
+    let activity =
+        Activity::parse(&body).map_err(|e| Problem::bad_request(Chain(&e).to_string()))?;
     token
         .check_activity(&activity.service_url, &activity.channel_id)
         .map_err(|e| Problem::unauthorized(e.to_string()))?;
@@ -79,10 +81,12 @@ async fn handle(
 
     let now = OffsetDateTime::now_utc();
     let recorded = activity.record(now);
-    let install =
-        bot.conversations.record(&recorded).await.map_err(|e| {
-            Problem::unavailable(format!("the conversation could not be stored: {e}"))
-        })?;
+    let install = bot.conversations.record(&recorded).await.map_err(|e| {
+        Problem::unavailable(format!(
+            "the conversation could not be stored: {}",
+            Chain(&e)
+        ))
+    })?;
     // Installs and removals are logged at info; a plain refresh (every message a user sends)
     // at debug, as it changes nothing but the reference's freshness.
     if recorded.effect == ActivityEffect::Refresh {
@@ -104,7 +108,8 @@ async fn handle(
             }
             Err(e) => {
                 return Err(Problem::unavailable(format!(
-                    "the greeting could not be queued: {e}"
+                    "the greeting could not be queued: {}",
+                    Chain(&e)
                 )));
             }
         }

@@ -11,7 +11,7 @@ pub enum ConnectorError {
     ServiceUrlNotAllowed(String),
     #[error(transparent)]
     Token(#[from] TokenError),
-    #[error("calling Teams failed: {0}")]
+    #[error("calling Teams failed")]
     Transport(#[source] reqwest::Error),
     #[error("Teams answered {status}{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
     Teams {
@@ -77,9 +77,9 @@ impl ConnectorError {
         }
     }
 
-    /// The short reason recorded on the job.
+    /// The reason recorded on the job: this error with its causes.
     pub fn reason(&self) -> String {
-        self.to_string()
+        crate::error::Chain(self).to_string()
     }
 }
 
