@@ -18,8 +18,7 @@ use axum::{
 };
 use herald_shared::{
     allowlist::ServiceUrlAllowlist,
-    error::Chain,
-    store::{ActivityEffect, ConversationStore},
+    store::{ActivityEffect, ConversationStore, StoreError},
 };
 use time::OffsetDateTime;
 
@@ -28,6 +27,16 @@ use crate::{
     greeting::{Greeter, GreetingError},
     problem::Problem,
 };
+
+/// Why an activity that passed every check could not be taken in: ours, not Teams', so it
+/// answers 503 and Teams delivers it again.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the conversation could not be stored")]
+    Conversation(#[source] StoreError),
+    #[error("the greeting could not be queued")]
+    Greeting(#[source] GreetingError),
+}
 
 #[derive(Debug)]
 pub struct BotEndpoint {
@@ -59,19 +68,10 @@ async fn handle(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let token = bot.authenticator.verify(authorization).await.map_err(|e| {
-        if e.is_unavailable() {
-            Problem::unavailable(e.to_string())
-        } else {
-            Problem::unauthorized(e.to_string())
-        }
-    })?;
+    let token = bot.authenticator.verify(authorization).await?;
     let body = body.map_err(|e| Problem::new(e.status(), "Bad Request", e.body_text()))?;
-    let activity =
-        Activity::parse(&body).map_err(|e| Problem::bad_request(Chain(&e).to_string()))?;
-    token
-        .check_activity(&activity.service_url, &activity.channel_id)
-        .map_err(|e| Problem::unauthorized(e.to_string()))?;
+    let activity = Activity::parse(&body)?;
+    token.check_activity(&activity.service_url, &activity.channel_id)?;
     if !bot.allowlist.allows(&activity.service_url) {
         return Err(Problem::forbidden(format!(
             "serviceUrl {:?} is not in HERALD_SERVICE_URL_ALLOWLIST",
@@ -81,12 +81,11 @@ async fn handle(
 
     let now = OffsetDateTime::now_utc();
     let recorded = activity.record(now);
-    let install = bot.conversations.record(&recorded).await.map_err(|e| {
-        Problem::unavailable(format!(
-            "the conversation could not be stored: {}",
-            Chain(&e)
-        ))
-    })?;
+    let install = bot
+        .conversations
+        .record(&recorded)
+        .await
+        .map_err(RecordError::Conversation)?;
     // Installs and removals are logged at info; a plain refresh (every message a user sends)
     // at debug, as it changes nothing but the reference's freshness.
     if recorded.effect == ActivityEffect::Refresh {
@@ -106,12 +105,7 @@ async fn handle(
             Err(GreetingError::NoUser) => {
                 tracing::warn!("install without a tenant or user id; no greeting")
             }
-            Err(e) => {
-                return Err(Problem::unavailable(format!(
-                    "the greeting could not be queued: {}",
-                    Chain(&e)
-                )));
-            }
+            Err(e) => return Err(RecordError::Greeting(e).into()),
         }
     }
     Ok(())
