@@ -54,7 +54,10 @@ pub async fn receive_activity(
     match handle(&bot, &headers, body).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(problem) => {
-            tracing::info!(status = problem.status, detail = %problem.detail, "activity refused");
+            // A 5xx is logged with its cause by the request layer (`crate::requests`).
+            if problem.status < 500 {
+                tracing::info!(status = problem.status, detail = %problem.detail, "activity refused");
+            }
             problem.into_response()
         }
     }
