@@ -35,7 +35,11 @@ impl Drop for NamespaceCleanup {
         .join();
         match cleaned {
             Ok(Ok(keys)) => eprintln!("namespace {} deleted ({keys} Redis keys)", self.namespace),
-            Ok(Err(error)) => eprintln!("cleaning up namespace {}: {error:#}", self.namespace),
+            Ok(Err(error)) => eprintln!(
+                "cleaning up namespace {}: {}",
+                self.namespace,
+                herald_shared::error::Chain(error.as_ref())
+            ),
             Err(_) => eprintln!("cleaning up namespace {}: panicked", self.namespace),
         }
     }

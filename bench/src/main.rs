@@ -72,7 +72,10 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(&scenario, Args::new(tokens))) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("herald-bench {scenario}: {error:#}");
+            eprintln!(
+                "herald-bench {scenario}: {}",
+                herald_shared::error::Chain(error.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use herald_shared::metrics::Metrics;
+use herald_shared::{error::Chain, metrics::Metrics};
 use lapin::{
     Channel,
     options::{BasicAckOptions, BasicNackOptions},
@@ -122,7 +122,7 @@ async fn settle(
             if let Err(error) = send(&channel, frame).await {
                 // The channel is gone: RabbitMQ redelivers what was not acked, and the status
                 // records decide what the copies do.
-                tracing::warn!(%error, "could not settle deliveries");
+                tracing::warn!(error = %Chain(&error), "could not settle deliveries");
             }
         }
         if closing {

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use herald_shared::amqp::{Broker, Link};
+use herald_shared::{
+    amqp::{Broker, Link},
+    error::Chain,
+};
 use lapin::{
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
@@ -39,7 +42,10 @@ pub async fn consume(
                 if let Err(error) =
                     consume_link(&broker, &link, &handler, prefetch, &stop, &mut in_flight).await
                 {
-                    tracing::warn!(%error, "consuming stopped; waiting for the broker link");
+                    tracing::warn!(
+                        error = %Chain(&error),
+                        "consuming stopped; waiting for the broker link"
+                    );
                 }
             }
             None => tracing::info!("waiting for RabbitMQ"),

@@ -28,7 +28,7 @@ pub enum DeadLetterError {
     Url(#[from] InvalidAmqpUrl),
     #[error("RabbitMQ could not be reached within 10 s")]
     Unreachable,
-    #[error("RabbitMQ failed: {0}")]
+    #[error("RabbitMQ failed")]
     Amqp(#[from] lapin::Error),
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -14,6 +14,7 @@ use anyhow::Context;
 use herald_dispatcher::{Dispatcher, dead_letters::Tools};
 use herald_shared::{
     config::{DispatcherConfig, Env},
+    error::Chain,
     telemetry,
 };
 use tokio::net::TcpListener;
@@ -83,8 +84,11 @@ async fn main() -> std::process::ExitCode {
         _ => return usage(),
     };
     if let Err(error) = &result {
-        tracing::error!(error = format!("{error:#}"), "herald-dispatcher failed");
-        eprintln!("herald-dispatcher: {error:#}");
+        // Each layer once, outermost first, as `{error:#}` would print it, but without the
+        // repetition of libraries that also print their cause in their own message.
+        let error = Chain(error.as_ref());
+        tracing::error!(%error, "herald-dispatcher failed");
+        eprintln!("herald-dispatcher: {error}");
     }
     if let Some(telemetry) = telemetry {
         telemetry.shutdown();

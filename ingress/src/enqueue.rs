@@ -15,9 +15,9 @@ use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error("the job's status could not be stored: {0}")]
+    #[error("the job's status could not be stored")]
     Store(#[from] StoreError),
-    #[error("the job could not be queued: {0}")]
+    #[error("the job could not be queued")]
     Publish(#[from] PublishError),
     /// The id (or idempotency key) names a job that asked for something else.
     #[error("job {} exists with different content", .0.id)]

@@ -7,7 +7,9 @@
 //! - [`api`]: `/v1`, the HTTP API other services use, and its OpenAPI document.
 //! - [`enqueue`]: submitting a job (status record, then confirmed publish), idempotently.
 //! - [`greeting`]: the welcome and reminder queued on install, once per install.
-//! - [`problem`]: the `application/problem+json` error format.
+//! - [`problem`]: the `application/problem+json` error format, and which error is which status.
+//! - [`requests`]: what every request passes through: its span, metrics and server-error log,
+//!   and its deadline.
 //! - This file: wiring. [`Ingress::build`] connects everything and binds nothing itself (the
 //!   caller passes listeners, port 0 in tests); [`Ingress::run`] serves until shutdown.
 
@@ -16,16 +18,11 @@ pub mod bot;
 pub mod enqueue;
 pub mod greeting;
 pub mod problem;
+pub mod requests;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use axum::{
-    Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    middleware::{self, Next},
-    response::Response,
-    routing::post,
-};
+use axum::{Router, extract::DefaultBodyLimit, routing::post};
 use herald_shared::{
     BuildError,
     admin::{self, Readiness},
@@ -34,12 +31,12 @@ use herald_shared::{
     metrics::{Metrics, Service},
     store::{ConversationStore, Redis, StatusStore},
 };
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::Instrument;
 
 use crate::{
-    api::Api,
+    api::{Api, ApiKeys},
     bot::{BotEndpoint, auth::BotAuthenticator},
     enqueue::Enqueuer,
     greeting::Greeter,
@@ -111,18 +108,15 @@ impl Ingress {
         let api = Arc::new(Api {
             namespace: common.namespace.to_string(),
             enqueuer,
-            config: Arc::new(config.clone()),
+            api_keys: ApiKeys::parse(config.api_keys.expose_secret()),
         });
         let metrics = Metrics::new(Service::Ingress);
         let router = Router::new()
             .route("/api/messages", post(bot::receive_activity))
             .layer(DefaultBodyLimit::max(MAX_ACTIVITY_BODY))
             .with_state(bot)
-            .merge(api::router(api))
-            .layer(middleware::from_fn_with_state(
-                metrics.clone(),
-                observe_requests,
-            ));
+            .merge(api::router(api));
+        let router = requests::layer(router, metrics.clone());
         Ok(Self {
             http_addr: http.local_addr()?,
             admin_addr: admin.local_addr()?,
@@ -168,46 +162,4 @@ impl Ingress {
         tracing::info!("ingress stopped");
         served
     }
-}
-
-/// Traces every request, counts it by route (the pattern, not the path: ids would explode
-/// the series) and status, and times it.
-async fn observe_requests(
-    State(metrics): State<Metrics>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    // The request's span continues the caller's trace (a `traceparent` header), and the jobs
-    // the request queues carry it on to the dispatcher.
-    let parent = herald_shared::telemetry::http_trace_context(request.headers());
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %format_args!("{} {route}", request.method()),
-        otel.kind = "server",
-        http.request.method = %request.method(),
-        http.route = %route,
-        http.response.status_code = tracing::field::Empty,
-        trace_id = herald_shared::telemetry::trace_id_field(&parent),
-    );
-    herald_shared::telemetry::continue_trace(&span, parent);
-    let started = std::time::Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
-    let status = response.status().as_u16();
-    span.record("http.response.status_code", status);
-    metrics
-        .http_requests
-        .get_or_create(&vec![
-            ("route", route.clone()),
-            ("status", status.to_string()),
-        ])
-        .inc();
-    metrics
-        .http_request_duration
-        .get_or_create(&vec![("route", route)])
-        .observe(started.elapsed().as_secs_f64());
-    response
 }

@@ -4,6 +4,7 @@
 use herald_ingress::Ingress;
 use herald_shared::{
     config::{Env, IngressConfig},
+    error::Chain,
     telemetry,
 };
 use tokio::net::TcpListener;
@@ -45,7 +46,9 @@ async fn main() -> std::process::ExitCode {
     tracing::info!(?config, "starting herald-ingress");
     let result = run(config).await;
     if let Err(error) = &result {
-        tracing::error!(error = format!("{error:#}"), "herald-ingress failed");
+        // Each layer once, outermost first, as `{error:#}` would print it, but without the
+        // repetition of libraries that also print their cause in their own message.
+        tracing::error!(error = %Chain(error.as_ref()), "herald-ingress failed");
     }
     telemetry.shutdown();
     match result {

@@ -1,5 +1,6 @@
-//! Microsoft cloud presets (TEAMS.md §4): where tokens come from, which issuer signs inbound
-//! activities, and which hosts may receive the bot's token.
+//! Microsoft cloud presets (`HERALD_CLOUD`): where tokens come from, which issuer signs inbound
+//! activities, and which hosts may receive the bot's token. Each URL can be overridden by its
+//! own variable (the README's Configuration).
 
 use std::{fmt, str::FromStr};
 

@@ -1,4 +1,5 @@
-//! The job: the AMQP contract other services publish to `{ns}.jobs` (DESIGN.md "The job").
+//! The job: the AMQP contract other services publish to `{ns}.jobs` (the README's "Over AMQP:
+//! the job contract").
 //!
 //! This module owns the body's shape and its validation; internal bookkeeping (attempts, trace
 //! context) travels in AMQP headers (see [`crate::amqp::headers`]), never in the body.
@@ -10,7 +11,8 @@ use time::OffsetDateTime;
 /// taken to be this version); any other value is refused as an unknown version.
 pub const JOB_TYPE_V1: &str = "notification.v1";
 
-/// The largest message Teams accepts, measured on the activity Herald sends (TEAMS.md §2).
+/// The largest message Teams accepts, measured on the activity Herald sends; above it Teams
+/// answers 413 `MessageSizeTooBig`.
 pub const MAX_ACTIVITY_BYTES: usize = 28_000;
 
 /// A notification job.

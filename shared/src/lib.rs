@@ -8,7 +8,8 @@
 //!   the confirmed publisher and the headers carrying bookkeeping.
 //! - [`store`]: Redis stores for conversation references and job status records.
 //! - [`telemetry`]: logs (JSON lines, with their own span field formatter) and traces;
-//!   [`metrics`]: the Prometheus metrics.
+//!   [`metrics`]: the Prometheus metrics; [`error`]: an error written with its causes
+//!   ([`error::Chain`]), for logs and recorded texts.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod admin;
@@ -16,6 +17,7 @@ pub mod allowlist;
 pub mod amqp;
 pub mod cloud;
 pub mod config;
+pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod store;
@@ -28,7 +30,7 @@ pub enum BuildError {
     Redis(#[from] store::StoreError),
     #[error(transparent)]
     Amqp(#[from] amqp::InvalidAmqpUrl),
-    #[error("cannot read a listener's address: {0}")]
+    #[error("cannot read a listener's address")]
     Listener(#[from] std::io::Error),
 }
 

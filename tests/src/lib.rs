@@ -530,7 +530,11 @@ impl Drop for NamespaceGuard {
         })
         .join();
         if let Ok(Err(error)) = cleaned {
-            eprintln!("cleaning up namespace {}: {error}", self.namespace);
+            eprintln!(
+                "cleaning up namespace {}: {}",
+                self.namespace,
+                herald_shared::error::Chain(error.as_ref())
+            );
         }
     }
 }

@@ -12,7 +12,7 @@ use super::{
     error::{ConnectorError, parse_error_body, parse_retry_after},
     token::TokenSource,
 };
-use herald_shared::allowlist::ServiceUrlAllowlist;
+use herald_shared::{allowlist::ServiceUrlAllowlist, error::Chain};
 
 /// Conversation ids carry `:`, `@` and `;`; everything but unreserved characters is encoded
 /// (as teams.net does), which every Teams front end accepts.
@@ -140,7 +140,7 @@ impl BotConnector {
         serde_json::from_str(&text).map_err(|e| ConnectorError::Teams {
             status: 200,
             code: None,
-            message: format!("the created conversation has no id: {e}"),
+            message: format!("the created conversation has no id: {}", Chain(&e)),
             retry_after: None,
         })
     }

@@ -12,7 +12,7 @@ pub enum ConnectorError {
     ServiceUrlNotAllowed(String),
     #[error(transparent)]
     Token(#[from] TokenError),
-    #[error("calling Teams failed: {0}")]
+    #[error("calling Teams failed")]
     Transport(#[source] reqwest::Error),
     #[error("Teams answered {status}{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
     Teams {
@@ -24,9 +24,9 @@ pub enum ConnectorError {
 }
 
 impl ConnectorError {
-    /// The short reason recorded on the job.
+    /// The reason recorded on the job: this error with its causes.
     pub fn reason(&self) -> String {
-        self.to_string()
+        herald_shared::error::Chain(self).to_string()
     }
 }
 

@@ -11,11 +11,14 @@ use prometheus_client::metrics::counter::Counter;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use herald_shared::config::{BotCredentials, TeamsEndpoints};
+use herald_shared::{
+    config::{BotCredentials, TeamsEndpoints},
+    error::Chain,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("the token endpoint could not be reached: {0}")]
+    #[error("the token endpoint could not be reached")]
     Unreachable(#[source] reqwest::Error),
     #[error("the token endpoint refused the bot's credentials ({status}): {body}")]
     Refused { status: u16, body: String },
@@ -109,7 +112,7 @@ impl TokenSource {
             // The old token is still usable: keep sending, try again on the next call.
             Err(error) => match self.unexpired(now) {
                 Some(token) => {
-                    tracing::warn!(%error, "token refresh failed; using the current token until it expires");
+                    tracing::warn!(error = %Chain(&error), "token refresh failed; using the current token until it expires");
                     Ok(token)
                 }
                 None => Err(error),

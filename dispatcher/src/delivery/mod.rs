@@ -31,6 +31,7 @@ use herald_shared::{
         headers::{self, Bookkeeping},
     },
     job::{Change, ChangeKind, JOB_TYPE_V1, Job, Message},
+    error::Chain,
     metrics::Metrics,
     store::{ConversationStore, StatusStore},
     telemetry,
@@ -253,7 +254,7 @@ impl Handler {
     /// send stays counted from when it was admitted, and the safety margin covers the rest.
     async fn note_sent(&self, paced: &PacedSend) {
         if let Err(error) = self.pacer.sent(paced).await {
-            tracing::debug!(%error, "could not tell the pacer a send is done");
+            tracing::debug!(error = %Chain(&error), "could not tell the pacer a send is done");
         }
     }
 
@@ -315,7 +316,7 @@ impl Handler {
     /// held, the dispatcher takes no new work. Gives up only when the service is stopping.
     async fn until_done<T, E, F, Fut>(&self, step: &str, mut attempt: F) -> Result<T, Abandoned>
     where
-        E: std::fmt::Display,
+        E: std::error::Error + 'static,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -324,7 +325,7 @@ impl Handler {
             match attempt().await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
-                    tracing::warn!(step, %error, retry_in = ?wait, "a step failed; trying again")
+                    tracing::warn!(step, error = %Chain(&error), retry_in = ?wait, "a step failed; trying again")
                 }
             }
             self.sleep(wait).await?;

@@ -3,8 +3,15 @@
 //! Every route but `/v1/openapi.json` needs `Authorization: Bearer <key>` with one of
 //! `HERALD_API_KEYS` (none configured: every call is refused). The OpenAPI document is built
 //! from the same registrations that route the requests, so the two cannot drift apart.
+//!
+//! # Layout
+//! - This file: the router, the OpenAPI document and the bearer-key check.
+//! - [`keys`]: the configured keys ([`ApiKeys`]), matched in constant time.
+//! - [`notifications`]: the `/v1/notifications` handlers.
+//! - `extract`: the JSON body extractor whose rejections are problem documents.
 
 mod extract;
+pub mod keys;
 pub mod notifications;
 
 use std::sync::Arc;
@@ -17,13 +24,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use herald_shared::config::IngressConfig;
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+pub use self::keys::ApiKeys;
 use crate::{enqueue::Enqueuer, problem::Problem};
 
 /// The largest `/v1` request body; a message is at most 28 KB.
@@ -32,7 +39,8 @@ pub const MAX_API_BODY: usize = 64 * 1024;
 /// What the `/v1` handlers share.
 #[derive(Debug)]
 pub struct Api {
-    pub config: Arc<IngressConfig>,
+    /// The bearer keys `/v1` accepts.
+    pub api_keys: ApiKeys,
     pub enqueuer: Enqueuer,
     /// Names jobs created from idempotency keys (the namespace keeps deployments apart).
     pub namespace: String,
@@ -106,8 +114,8 @@ async fn require_api_key(State(api): State<Arc<Api>>, request: Request, next: Ne
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(key) if api.config.api_key_matches(key) => next.run(request).await,
-        _ if api.config.api_keys.is_empty() => Problem::unauthorized(
+        Some(key) if api.api_keys.matches(key) => next.run(request).await,
+        _ if api.api_keys.is_empty() => Problem::unauthorized(
             "no API keys are configured (HERALD_API_KEYS); /v1 refuses every call",
         )
         .into_response(),

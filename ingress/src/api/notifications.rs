@@ -10,7 +10,7 @@ use axum::{
 };
 use herald_shared::{
     amqp::headers as amqp_headers,
-    job::{Change, ChangeKind, Job, JobError, Message, Target},
+    job::{Change, ChangeKind, Job, Message, Target},
     store::{Cancel, JobStatus, StatusRecord},
 };
 use lapin::types::FieldTable;
@@ -120,10 +120,7 @@ pub async fn create(
         deliver_at: request.deliver_at,
         expires_at: request.expires_at,
     };
-    job.validate().map_err(|e| match e {
-        JobError::Invalid { field, reason } => Problem::bad_request(format!("{field}: {reason}")),
-        JobError::Malformed(reason) => Problem::bad_request(reason),
-    })?;
+    job.validate()?;
     if job.expires_at.is_some_and(|expires| expires <= now) {
         return Err(Problem::bad_request("expiresAt: is already past"));
     }
@@ -141,7 +138,7 @@ pub async fn create(
                 existing.id
             )),
         }),
-        Err(e) => Err(Problem::unavailable(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -176,10 +173,9 @@ pub async fn get(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
 ) -> Result<Json<StatusRecord>, Problem> {
-    match api.enqueuer.statuses.get(&id).await {
-        Ok(Some(record)) => Ok(Json(record)),
-        Ok(None) => Err(no_such_job(&id)),
-        Err(e) => Err(Problem::unavailable(e.to_string())),
+    match api.enqueuer.statuses.get(&id).await? {
+        Some(record) => Ok(Json(record)),
+        None => Err(no_such_job(&id)),
     }
 }
 
@@ -203,12 +199,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let now = OffsetDateTime::now_utc();
-    let found = api
-        .enqueuer
-        .statuses
-        .cancel(&id, now)
-        .await
-        .map_err(|e| Problem::unavailable(e.to_string()))?;
+    let found = api.enqueuer.statuses.cancel(&id, now).await?;
     match found.ok_or_else(|| no_such_job(&id))? {
         Cancel::Cancelled(record) | Cancel::AlreadyCancelled(record) => {
             Ok(Json(record).into_response())
@@ -256,16 +247,8 @@ pub async fn edit(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<EditRequest>,
 ) -> Result<Response, Problem> {
-    request
-        .message
-        .validate()
-        .map_err(|e| Problem::bad_request(e.to_string()))?;
-    let record = api
-        .enqueuer
-        .statuses
-        .get(&id)
-        .await
-        .map_err(|e| Problem::unavailable(e.to_string()))?;
+    request.message.validate()?;
+    let record = api.enqueuer.statuses.get(&id).await?;
     let record = record.ok_or_else(|| no_such_job(&id))?;
     if record.status != JobStatus::Delivered {
         return Err(Problem::conflict(format!(
@@ -288,11 +271,11 @@ pub async fn edit(
 async fn queue_change(api: &Api, change: Change, kind: ChangeKind) -> Result<(), Problem> {
     let mut amqp = FieldTable::default();
     amqp_headers::set_trace_context(&mut amqp);
-    api.enqueuer
+    Ok(api
+        .enqueuer
         .publisher
         .publish_change(&change, kind, amqp)
-        .await
-        .map_err(|e| Problem::unavailable(e.to_string()))
+        .await?)
 }
 
 fn no_such_job(id: &str) -> Problem {

@@ -1,5 +1,5 @@
 //! Reading an inbound activity: which conversation it belongs to, and what it means for the
-//! stored reference (TEAMS.md §1, "Activities that matter here" and "Where the ids live").
+//! stored reference (an install, a removal, or a refresh), read from where Teams puts each id.
 
 use herald_shared::store::{ActivityEffect, ConversationRef, RecordedActivity};
 use serde::Deserialize;
@@ -67,7 +67,7 @@ pub struct IdOnly {
 /// Why a body is not an activity Herald can use.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivityError {
-    #[error("the body is not a valid activity: {0}")]
+    #[error("the body is not a valid activity")]
     Malformed(#[from] serde_json::Error),
     #[error("the activity's {0} is empty")]
     Empty(&'static str),

@@ -1,5 +1,5 @@
-//! Validation of the JWT Teams sends with every activity (TEAMS.md §1; botbuilder-js
-//! `channelValidation.ts`, teams.ts `service-token-validator.ts`).
+//! Validation of the JWT Teams sends with every activity, with the checks of botbuilder-js
+//! `channelValidation.ts` and teams.ts `service-token-validator.ts`.
 //!
 //! Keys come from the OpenID metadata document's `jwks_uri`, cached for a day and fetched
 //! again when a token names an unknown `kid` (at most once per [`UNKNOWN_KID_REFRESH`], so a
@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use herald_shared::error::Chain;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
@@ -303,10 +304,9 @@ impl BotAuthenticator {
                 .unwrap_or_else(|e| e.into_inner())
                 .last_unknown_kid_fetch = Some(Instant::now());
         }
-        let keys = self
-            .fetch_keys()
-            .await
-            .inspect_err(|e| tracing::warn!(error = %e, "fetching Teams' signing keys failed"))?;
+        let keys = self.fetch_keys().await.inspect_err(
+            |e| tracing::warn!(error = %Chain(e), "fetching Teams' signing keys failed"),
+        )?;
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         tracing::info!(keys = keys.len(), "fetched Teams' signing keys");
         cache.keys = keys;
@@ -319,7 +319,9 @@ impl BotAuthenticator {
     }
 
     async fn fetch_keys(&self) -> Result<HashMap<String, std::sync::Arc<PublishedKey>>, AuthError> {
-        let unavailable = |e: &dyn std::fmt::Display| AuthError::KeysUnavailable(e.to_string());
+        let unavailable = |e: &(dyn std::error::Error + 'static)| {
+            AuthError::KeysUnavailable(Chain(e).to_string())
+        };
         let get_json = |url: &str| {
             let request = self.http.get(url).timeout(Duration::from_secs(10));
             async move {
@@ -352,7 +354,9 @@ impl BotAuthenticator {
                         }),
                     );
                 }
-                Err(error) => tracing::warn!(%kid, %error, "skipping an unusable published key"),
+                Err(error) => {
+                    tracing::warn!(%kid, error = %Chain(&error), "skipping an unusable published key")
+                }
             }
         }
         if keys.is_empty() {

@@ -18,7 +18,7 @@ use axum::{
 };
 use herald_shared::{
     allowlist::ServiceUrlAllowlist,
-    store::{ActivityEffect, ConversationStore},
+    store::{ActivityEffect, ConversationStore, StoreError},
 };
 use time::OffsetDateTime;
 
@@ -27,6 +27,16 @@ use crate::{
     greeting::{Greeter, GreetingError},
     problem::Problem,
 };
+
+/// Why an activity that passed every check could not be taken in: ours, not Teams', so it
+/// answers 503 and Teams delivers it again.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the conversation could not be stored")]
+    Conversation(#[source] StoreError),
+    #[error("the greeting could not be queued")]
+    Greeting(#[source] GreetingError),
+}
 
 #[derive(Debug)]
 pub struct BotEndpoint {
@@ -44,7 +54,10 @@ pub async fn receive_activity(
     match handle(&bot, &headers, body).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(problem) => {
-            tracing::info!(status = problem.status, detail = %problem.detail, "activity refused");
+            // A 5xx is logged with its cause by the request layer (`crate::requests`).
+            if problem.status < 500 {
+                tracing::info!(status = problem.status, detail = %problem.detail, "activity refused");
+            }
             problem.into_response()
         }
     }
@@ -58,18 +71,10 @@ async fn handle(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let token = bot.authenticator.verify(authorization).await.map_err(|e| {
-        if e.is_unavailable() {
-            Problem::unavailable(e.to_string())
-        } else {
-            Problem::unauthorized(e.to_string())
-        }
-    })?;
+    let token = bot.authenticator.verify(authorization).await?;
     let body = body.map_err(|e| Problem::new(e.status(), "Bad Request", e.body_text()))?;
-    let activity = Activity::parse(&body).map_err(|e| Problem::bad_request(e.to_string()))?;
-    token
-        .check_activity(&activity.service_url, &activity.channel_id)
-        .map_err(|e| Problem::unauthorized(e.to_string()))?;
+    let activity = Activity::parse(&body)?;
+    token.check_activity(&activity.service_url, &activity.channel_id)?;
     if !bot.allowlist.allows(&activity.service_url) {
         return Err(Problem::forbidden(format!(
             "serviceUrl {:?} is not in HERALD_SERVICE_URL_ALLOWLIST",
@@ -79,10 +84,11 @@ async fn handle(
 
     let now = OffsetDateTime::now_utc();
     let recorded = activity.record(now);
-    let install =
-        bot.conversations.record(&recorded).await.map_err(|e| {
-            Problem::unavailable(format!("the conversation could not be stored: {e}"))
-        })?;
+    let install = bot
+        .conversations
+        .record(&recorded)
+        .await
+        .map_err(RecordError::Conversation)?;
     // Installs and removals are logged at info; a plain refresh (every message a user sends)
     // at debug, as it changes nothing but the reference's freshness.
     if recorded.effect == ActivityEffect::Refresh {
@@ -102,11 +108,7 @@ async fn handle(
             Err(GreetingError::NoUser) => {
                 tracing::warn!("install without a tenant or user id; no greeting")
             }
-            Err(e) => {
-                return Err(Problem::unavailable(format!(
-                    "the greeting could not be queued: {e}"
-                )));
-            }
+            Err(e) => return Err(RecordError::Greeting(e).into()),
         }
     }
     Ok(())

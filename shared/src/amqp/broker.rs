@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::topology::Topology;
-use crate::config::SecretUrl;
+use crate::{config::SecretUrl, error::Chain};
 
 /// A live connection with its topology declared and a confirm-mode channel for publishing.
 #[derive(Clone)]
@@ -151,7 +151,9 @@ async fn supervise(
                 tracing::warn!(epoch, "lost the RabbitMQ connection; reconnecting");
                 let _ = link.connection.close(320, "reconnecting".into()).await;
             }
-            Ok(Err(error)) => tracing::warn!(%error, retry_in = ?backoff, "cannot reach RabbitMQ"),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %Chain(&error), retry_in = ?backoff, "cannot reach RabbitMQ")
+            }
             Err(_) => tracing::warn!(retry_in = ?backoff, "connecting to RabbitMQ timed out"),
         }
         tokio::select! {
@@ -191,7 +193,7 @@ async fn wait_until_lost(link: &Link, stop: &CancellationToken) -> bool {
             _ = stop.cancelled() => return true,
             event = events.next() => match event {
                 Some(lapin::Event::Error(error)) => {
-                    tracing::warn!(%error, "RabbitMQ connection error");
+                    tracing::warn!(error = %Chain(&error), "RabbitMQ connection error");
                     return false;
                 }
                 None => return false,

@@ -19,7 +19,7 @@ use super::{Broker, headers, topology::NOTIFICATION_ROUTING_KEY};
 pub enum PublishError {
     #[error("RabbitMQ is unavailable")]
     Unavailable,
-    #[error("publishing failed: {0}")]
+    #[error("publishing failed")]
     Amqp(#[from] lapin::Error),
     #[error("the broker refused the message")]
     Nacked,

@@ -30,7 +30,7 @@ use crate::config::{Namespace, RedisTarget};
 /// Redis could not take or answer a request in time.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("redis is unavailable: {0}")]
+    #[error("redis is unavailable")]
     Unavailable(#[from] redis::RedisError),
     #[error("stored record {key} is malformed: {reason}")]
     Malformed { key: String, reason: String },

@@ -20,7 +20,10 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, filter::Targets, fmt, prelude::*};
 
-use crate::config::{LogFormat, TraceExport};
+use crate::{
+    config::{LogFormat, TraceExport},
+    error::Chain,
+};
 
 mod span_fields;
 
@@ -36,7 +39,7 @@ impl Telemetry {
     /// Exports what is buffered and stops the exporter; call it last, before exiting.
     pub fn shutdown(self) {
         if let Err(error) = self.provider.shutdown() {
-            tracing::warn!(%error, "flushing traces at shutdown failed");
+            tracing::warn!(error = %Chain(&error), "flushing traces at shutdown failed");
         }
     }
 }
@@ -116,7 +119,7 @@ fn tracer_provider(
             .with_http()
             .with_endpoint(traces_url.as_str())
             .build()
-            .map_err(|error| format!("OTLP exporter for {traces_url}: {error}"))?;
+            .map_err(|error| format!("OTLP exporter for {traces_url}: {}", Chain(&error)))?;
         provider = provider.with_batch_exporter(exporter);
     }
     Ok(provider.build())

@@ -1,6 +1,17 @@
 //! Errors as `application/problem+json` (RFC 9457), the one error format of every endpoint.
+//!
+//! # Layout
+//! - This file: [`Problem`], the answer, and the [`ProblemCause`] a server error's response
+//!   carries to the request log ([`crate::requests`]), which logs it once.
+//! - `conversions`: `From` the errors the handlers meet, so that they use `?`: which error is
+//!   which status, in one place.
+
+mod conversions;
+
+use std::{error::Error, sync::Arc};
 
 use axum::{
+    BoxError,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -19,6 +30,20 @@ pub struct Problem {
     pub status: u16,
     /// What was wrong, naming the field where there is one.
     pub detail: String,
+    /// The error behind the answer, for the log; never sent.
+    #[serde(skip)]
+    cause: Option<ProblemCause>,
+}
+
+/// The error behind a problem, put in its response's extensions for the request log: the
+/// handlers answer errors, and [`crate::requests`] logs the cause of each 5xx once.
+#[derive(Debug, Clone)]
+pub struct ProblemCause(Arc<dyn Error + Send + Sync>);
+
+impl ProblemCause {
+    pub fn error(&self) -> &(dyn Error + 'static) {
+        self.0.as_ref()
+    }
 }
 
 impl Problem {
@@ -28,7 +53,18 @@ impl Problem {
             title,
             status: status.as_u16(),
             detail: detail.into(),
+            cause: None,
         }
+    }
+
+    /// Keeps the error this problem answers, for the request log.
+    pub fn caused_by(mut self, cause: impl Into<BoxError>) -> Self {
+        self.cause = Some(ProblemCause(Arc::from(cause.into())));
+        self
+    }
+
+    pub fn cause(&self) -> Option<&ProblemCause> {
+        self.cause.as_ref()
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -81,6 +117,9 @@ impl IntoResponse for Problem {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
         }
         response
     }
