@@ -97,3 +97,16 @@ impl Greeter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_greeting_ids_stored_so_far_stay_the_same() {
+        assert_eq!(
+            greeting_job_id("herald", "a:1", 3, "welcome"),
+            "f028fd2b-8c59-5984-b9b1-9f75bb1f9eb4"
+        );
+    }
+}

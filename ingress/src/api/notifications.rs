@@ -300,3 +300,15 @@ fn no_such_job(id: &str) -> Problem {
         "no job {id} (it never existed, or its record expired)"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idempotency_key_ids_stored_so_far_stay_the_same() {
+        // As `create` names a job from `Idempotency-Key: order-42` in namespace `herald`.
+        let id = Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, "herald/order-42".as_bytes());
+        assert_eq!(id.to_string(), "7e64d8a8-39c4-5420-8b77-5f6e97ff0f4f");
+    }
+}
