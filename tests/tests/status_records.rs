@@ -17,7 +17,12 @@ async fn a_status_record_expires_after_its_ttl_from_its_last_change() {
     let redis = Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap();
     let statuses = StatusStore::new(redis, Duration::from_millis(1500));
     let now = OffsetDateTime::now_utc();
-    let record = StatusRecord::new("short-lived", serde_json::json!({"user": {}}), None, now);
+    let record = StatusRecord::new(
+        &"short-lived".parse().unwrap(),
+        serde_json::json!({"user": {}}),
+        None,
+        now,
+    );
     statuses.create(&record).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // A change (a cancellation here) restarts the clock: past the first 1.5 s, it is still there.

@@ -10,22 +10,18 @@ use axum::{
 };
 use herald_shared::{
     amqp::headers as amqp_headers,
-    job::{Change, ChangeKind, Job, JobError, Message, Target},
+    job::{Change, ChangeKind, Job, JobError, JobId, Message, Target},
     store::{Cancel, JobStatus, StatusRecord},
 };
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use super::{Api, extract::ApiJson};
 use crate::{
     enqueue::{OnConflict, SubmitError},
     problem::Problem,
 };
-
-/// Names jobs created from an `Idempotency-Key` (UUID v5 over namespace and key).
-const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6865_7261_6c64_4964_656d_0000_0000_0001);
 
 /// A notification to send: the AMQP job without (or with) its id.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -48,7 +44,8 @@ pub struct NotificationRequest {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: JobId,
     pub status: JobStatus,
     #[serde(with = "time::serde::rfc3339::option")]
     pub deliver_at: Option<OffsetDateTime>,
@@ -94,36 +91,28 @@ pub async fn create(
         }
         None => None,
     };
-    let id_from = if request.id.is_some() {
-        IdSource::Caller
-    } else if key.is_some() {
-        IdSource::Key
-    } else {
-        IdSource::Fresh
-    };
-    let id = match (request.id, &key) {
-        (Some(id), _) => id,
-        (None, Some(key)) => Uuid::new_v5(
-            &IDEMPOTENCY_NAMESPACE,
-            format!("{}/{key}", api.namespace).as_bytes(),
-        )
-        .to_string(),
-        (None, None) => Uuid::now_v7().to_string(),
+    let (id, id_from) = match (request.id, &key) {
+        (Some(id), _) => (
+            id.parse().map_err(|e| invalid(JobError::from(e)))?,
+            IdSource::Caller,
+        ),
+        (None, Some(key)) => (
+            JobId::from_idempotency_key(&api.namespace, key),
+            IdSource::Key,
+        ),
+        (None, None) => (JobId::fresh(), IdSource::Fresh),
     };
     let now = OffsetDateTime::now_utc();
-    let job = Job {
+    let job = Job::new(
         id,
-        to: request.to,
-        message: request.message,
+        request.to,
+        request.message,
         // Kept as sent (a time in the past simply means now), so that a retried request
         // hashes the same as the first.
-        deliver_at: request.deliver_at,
-        expires_at: request.expires_at,
-    };
-    job.validate().map_err(|e| match e {
-        JobError::Invalid { field, reason } => Problem::bad_request(format!("{field}: {reason}")),
-        JobError::Malformed(reason) => Problem::bad_request(reason),
-    })?;
+        request.deliver_at,
+        request.expires_at,
+    )
+    .map_err(invalid)?;
     if job.expires_at.is_some_and(|expires| expires <= now) {
         return Err(Problem::bad_request("expiresAt: is already past"));
     }
@@ -149,6 +138,14 @@ enum IdSource {
     Caller,
     Key,
     Fresh,
+}
+
+/// A request that is not a valid job: 400, saying which rule it breaks.
+fn invalid(error: JobError) -> Problem {
+    match error {
+        JobError::Invalid { field, reason } => Problem::bad_request(format!("{field}: {reason}")),
+        JobError::Malformed(reason) => Problem::bad_request(reason),
+    }
 }
 
 fn accepted(record: &StatusRecord) -> Accepted {
@@ -217,7 +214,7 @@ pub async fn cancel(
             queue_change(
                 &api,
                 Change {
-                    id: id.clone(),
+                    id: record.id.clone(),
                     message: None,
                 },
                 ChangeKind::Delete,
@@ -276,7 +273,7 @@ pub async fn edit(
     queue_change(
         &api,
         Change {
-            id,
+            id: record.id.clone(),
             message: Some(request.message),
         },
         ChangeKind::Update,
@@ -299,16 +296,4 @@ fn no_such_job(id: &str) -> Problem {
     Problem::not_found(format!(
         "no job {id} (it never existed, or its record expired)"
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_idempotency_key_ids_stored_so_far_stay_the_same() {
-        // As `create` names a job from `Idempotency-Key: order-42` in namespace `herald`.
-        let id = Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, "herald/order-42".as_bytes());
-        assert_eq!(id.to_string(), "7e64d8a8-39c4-5420-8b77-5f6e97ff0f4f");
-    }
 }

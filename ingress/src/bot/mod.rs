@@ -102,6 +102,10 @@ async fn handle(
             Err(GreetingError::NoUser) => {
                 tracing::warn!("install without a tenant or user id; no greeting")
             }
+            // Nor one whose greeting is not a valid job (Teams' retries would not change it).
+            Err(GreetingError::Invalid(error)) => {
+                tracing::warn!(%error, "the greeting is not a valid job; no greeting")
+            }
             Err(e) => {
                 return Err(Problem::unavailable(format!(
                     "the greeting could not be queued: {e}"

@@ -16,6 +16,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{Redis, StoreError, parse_rfc3339, rfc3339, unix_ms};
+use crate::job::JobId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -80,7 +81,8 @@ impl fmt::Display for JobStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusRecord {
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: JobId,
     pub status: JobStatus,
     /// Calls made to Teams for this job.
     pub attempts: u32,
@@ -109,14 +111,14 @@ pub struct StatusRecord {
 impl StatusRecord {
     /// A fresh record for a job first seen now.
     pub fn new(
-        id: &str,
+        id: &JobId,
         to: serde_json::Value,
         deliver_at: Option<OffsetDateTime>,
         now: OffsetDateTime,
     ) -> Self {
         let due_later = deliver_at.is_some_and(|at| at > now);
         Self {
-            id: id.to_owned(),
+            id: id.clone(),
             status: if due_later {
                 JobStatus::Scheduled
             } else {
@@ -138,7 +140,7 @@ impl StatusRecord {
 
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
-            ("id", self.id.clone()),
+            ("id", self.id.to_string()),
             ("status", self.status.to_string()),
             ("attempts", self.attempts.to_string()),
             ("to", self.to.to_string()),
@@ -180,7 +182,11 @@ impl StatusRecord {
             created_at: time_field(&h, "createdAt")?,
             updated_at: time_field(&h, "updatedAt")?,
             published: h.get("published").is_some_and(|p| p == "1"),
-            id: h.remove("id").ok_or_else(|| malformed("no id".into()))?,
+            id: h
+                .remove("id")
+                .ok_or_else(|| malformed("no id".into()))?
+                .try_into()
+                .map_err(|e| malformed(format!("bad id: {e}")))?,
             conversation_id: h.remove("conversationId"),
             activity_id: h.remove("activityId"),
             last_error: h.remove("lastError"),
