@@ -12,7 +12,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use herald_shared::{
     amqp::{Publisher, headers},
     connector::{BotConnector, ConnectorError, ErrorClass},
-    job::{Change, ChangeKind, JOB_TYPE_V1, Job, Target},
+    job::{Change, ChangeKind, JOB_TYPE_V1, Job},
     metrics::Metrics,
     store::{
         Admission, BeginSend, ConversationStore, Outcome, PacedSend, Pacer, StatusRecord,
@@ -177,10 +177,9 @@ impl Handler {
             if wait > WAIT_HERE_AT_MOST {
                 // A job published straight to AMQP with a later `deliverAt` gets its status
                 // record now (`scheduled`), so it can be looked up while it waits.
-                let to = serde_json::to_value(&job.to).unwrap_or_default();
                 let fresh = StatusRecord {
                     published: true,
-                    ..StatusRecord::new(&job.id, to, job.deliver_at, now)
+                    ..StatusRecord::new(&job.id, job.to.clone(), job.deliver_at, now)
                 };
                 // A record that exists already (the ingress made it, or an earlier arrival) stays.
                 let _created_or_existing = self
@@ -213,8 +212,7 @@ impl Handler {
 
         let owner = format!("{}:{}", self.instance, Uuid::new_v4());
         let now = OffsetDateTime::now_utc();
-        let to = serde_json::to_value(&job.to).unwrap_or_default();
-        let fresh = StatusRecord::new(&job.id, to, job.deliver_at, now);
+        let fresh = StatusRecord::new(&job.id, job.to.clone(), job.deliver_at, now);
         let claim = self.until_done("claim", || {
             self.statuses
                 .begin_send(&fresh, &owner, self.send_lease, now)
@@ -549,11 +547,8 @@ impl Handler {
             return self.note_change(&change.id, Some(&reason)).await;
         };
         // Edits and deletions count against Teams' limits like sends.
-        let target = serde_json::from_value::<Target>(record.to.clone()).ok();
-        let thread = target
-            .as_ref()
-            .map_or_else(|| conversation_id.clone(), Target::thread);
-        let tenant = target.as_ref().and_then(Target::tenant_id);
+        let thread = record.to.thread();
+        let tenant = record.to.tenant_id();
         let paced = match self.pace(tenant, &thread, pace_turn(delivery)).await? {
             Paced::Go(paced) => paced,
             Paced::Later { wait, turn } => {
