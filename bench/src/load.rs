@@ -27,21 +27,22 @@ pub fn job_id(i: usize) -> String {
 
 /// A job to the user's personal chat.
 pub fn job(i: usize, user: &TeamsUser, text: String, deliver_at: Option<OffsetDateTime>) -> Job {
-    Job {
-        id: job_id(i),
-        to: Target::User(UserTarget {
+    Job::new(
+        job_id(i).parse().expect("a bench job id is valid"),
+        Target::User(UserTarget {
             tenant_id: user.tenant_id.clone(),
             aad_object_id: user.aad_object_id.clone(),
         }),
-        message: Message::text(text),
+        Message::text(text),
         deliver_at,
-        expires_at: None,
-    }
+        None,
+    )
+    .expect("a bench job is valid")
 }
 
 pub fn body(job: &Job) -> (String, Vec<u8>) {
     (
-        job.id.clone(),
+        job.id.to_string(),
         serde_json::to_vec(job).expect("a job serializes"),
     )
 }

@@ -15,7 +15,10 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use herald_emulator::{Emulator, EmulatorConfig, TeamsUser, TokenVariant};
 use herald_shared::{
     config::{Namespace, RedisTarget},
-    store::{ActivityEffect, ConversationRef, ConversationStore, RecordedActivity, Redis},
+    store::{
+        ActivityEffect, ConversationKind, ConversationRef, ConversationStore, RecordedActivity,
+        Redis,
+    },
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -469,7 +472,7 @@ fn reference_of(activity: &Value) -> anyhow::Result<ConversationRef> {
     };
     Ok(ConversationRef {
         conversation_id: text("/conversation/id").context("no conversation id")?,
-        conversation_type: text("/conversation/conversationType"),
+        conversation_type: text("/conversation/conversationType").map(ConversationKind::from),
         service_url: text("/serviceUrl").context("no serviceUrl")?,
         tenant_id: text("/conversation/tenantId"),
         user_aad_object_id: text("/from/aadObjectId"),

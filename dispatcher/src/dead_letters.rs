@@ -149,7 +149,7 @@ impl Tools {
                     .acker
                     .ack(BasicAckOptions::default())
                     .await?;
-                report.already_ended.push(job.id);
+                report.already_ended.push(job.id.into());
                 continue;
             }
             self.statuses.reopen(&job.id, now).await?;
@@ -178,7 +178,7 @@ impl Tools {
                 .acker
                 .ack(BasicAckOptions::default())
                 .await?;
-            report.redriven.push(job.id);
+            report.redriven.push(job.id.into());
         }
         channel.close(200, "redriven".into()).await?;
         Ok(report)

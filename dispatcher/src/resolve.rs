@@ -5,8 +5,8 @@
 use herald_shared::{
     job::Target,
     store::{
-        ActivityEffect, ConversationAddress, ConversationRef, ConversationStore, RecordedActivity,
-        StoreError,
+        ActivityEffect, ConversationAddress, ConversationKind, ConversationRef, ConversationStore,
+        RecordedActivity, StoreError,
     },
 };
 use time::OffsetDateTime;
@@ -200,7 +200,7 @@ impl Resolver {
         tracing::info!(conversation_id = %created.id, tenant_id, "created a 1:1 chat with a user Herald had not heard from");
         let reference = ConversationRef {
             conversation_id: created.id,
-            conversation_type: Some("personal".into()),
+            conversation_type: Some(ConversationKind::Personal),
             service_url,
             tenant_id: Some(tenant_id.to_owned()),
             user_aad_object_id: Some(aad_object_id.to_owned()),

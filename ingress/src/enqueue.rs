@@ -55,11 +55,10 @@ impl Enqueuer {
         on_conflict: OnConflict,
         now: OffsetDateTime,
     ) -> Result<Submitted, SubmitError> {
-        let to = serde_json::to_value(&job.to).unwrap_or_default();
         let content_hash = job.content_hash();
         let mut record = StatusRecord {
             content_hash: Some(content_hash.clone()),
-            ..StatusRecord::new(&job.id, to, job.deliver_at, now)
+            ..StatusRecord::new(&job.id, job.to.clone(), job.deliver_at, now)
         };
         let created = match self.statuses.create(&record).await? {
             Ok(()) => true,

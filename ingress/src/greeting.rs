@@ -10,16 +10,12 @@
 use std::time::Duration;
 
 use herald_shared::{
-    job::{Job, Message, Target, UserTarget},
+    job::{Job, JobError, JobId, Message, Target, UserTarget},
     store::{ConversationRef, InstallState},
 };
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::enqueue::{Enqueuer, OnConflict, SubmitError};
-
-/// Names Herald's own job ids (UUID v5 over namespace, conversation, install, kind).
-const JOB_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6865_7261_6c64_4a6f_6273_0000_0000_0001);
 
 /// The id of an install's `welcome` or `reminder` job: the same for every activity of that
 /// install, different for the next install of the same conversation.
@@ -28,9 +24,8 @@ pub fn greeting_job_id(
     conversation_id: &str,
     generation: u64,
     kind: &str,
-) -> String {
-    let name = format!("{namespace}/{conversation_id}/{generation}/{kind}");
-    Uuid::new_v5(&JOB_ID_NAMESPACE, name.as_bytes()).to_string()
+) -> JobId {
+    JobId::for_install(namespace, conversation_id, generation, kind)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +34,10 @@ pub enum GreetingError {
     Submit(#[from] SubmitError),
     #[error("the install has no user to greet (no tenant or aadObjectId)")]
     NoUser,
+    /// The greeting would not be a valid job: an empty tenant or user id in the reference,
+    /// or a configured text Teams would refuse.
+    #[error("the greeting is not a valid job: {0}")]
+    Invalid(#[from] JobError),
 }
 
 #[derive(Debug, Clone)]
@@ -76,18 +75,18 @@ impl Greeter {
             ),
         ];
         for (kind, text, deliver_at) in jobs {
-            let job = Job {
-                id: greeting_job_id(
+            let job = Job::new(
+                greeting_job_id(
                     &self.namespace,
                     &reference.conversation_id,
                     install.generation,
                     kind,
                 ),
-                to: to.clone(),
-                message: Message::text(text.as_str()),
+                to.clone(),
+                Message::text(text.as_str()),
                 deliver_at,
-                expires_at: None,
-            };
+                None,
+            )?;
             // Each activity of the install computes the reminder's time afresh: the first
             // activity's job stands, and a later one only finishes its publish if need be.
             self.enqueuer

@@ -3,9 +3,16 @@
 //!
 //! This module owns the body's shape and its validation; internal bookkeeping (attempts, trace
 //! context) travels in AMQP headers (see [`crate::amqp::headers`]), never in the body.
+//!
+//! A body is checked once, as it is parsed (or as code builds a job with [`Job::new`]): a
+//! [`Job`] in hand is valid, so nothing downstream validates again.
+
+mod id;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+pub use self::id::{InvalidJobId, JobId};
 
 /// The AMQP `type` property naming this contract's version. A job may omit it (it is then
 /// taken to be this version); any other value is refused as an unknown version.
@@ -16,10 +23,17 @@ pub const JOB_TYPE_V1: &str = "notification.v1";
 pub const MAX_ACTIVITY_BYTES: usize = 28_000;
 
 /// A notification job.
+//
+// (Not in the doc comment, which is the schema's description.) Valid by construction: made
+// only by `Job::new` or by deserializing, which checks it the same way. The fields are public
+// to read; `#[non_exhaustive]` keeps other crates from building one with a struct literal,
+// around the checks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "UncheckedJob")]
+#[non_exhaustive]
 pub struct Job {
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: JobId,
     pub to: Target,
     pub message: Message,
     /// Absent means now.
@@ -177,7 +191,7 @@ pub const DELETE_TYPE_V1: &str = "notification.delete.v1";
 #[serde(rename_all = "camelCase")]
 pub struct Change {
     /// The job whose message changes.
-    pub id: String,
+    pub id: JobId,
     /// The new content, for an edit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<Message>,
@@ -234,29 +248,62 @@ pub enum JobError {
     Invalid { field: &'static str, reason: String },
 }
 
-impl Job {
-    /// Parses and validates a job body (as published over AMQP or posted over HTTP).
-    pub fn from_slice(body: &[u8]) -> Result<Self, JobError> {
-        let job: Job =
-            serde_json::from_slice(body).map_err(|e| JobError::Malformed(e.to_string()))?;
-        job.validate()?;
-        Ok(job)
+impl From<InvalidJobId> for JobError {
+    fn from(invalid: InvalidJobId) -> Self {
+        JobError::Invalid {
+            field: "id",
+            reason: invalid.to_string(),
+        }
     }
+}
 
-    pub fn validate(&self) -> Result<(), JobError> {
+/// A job body as parsed, before any rule is checked: what serde reads a [`Job`] from.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UncheckedJob {
+    /// A plain string here, so that a bad id is refused by the same checks, in the same order
+    /// and with the same words, as the rest of the job.
+    id: String,
+    to: Target,
+    message: Message,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    deliver_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+}
+
+impl TryFrom<UncheckedJob> for Job {
+    type Error = JobError;
+
+    fn try_from(job: UncheckedJob) -> Result<Self, Self::Error> {
+        Job::new(
+            JobId::try_from(job.id)?,
+            job.to,
+            job.message,
+            job.deliver_at,
+            job.expires_at,
+        )
+    }
+}
+
+impl Job {
+    /// A job, if it is a valid one: a complete target, content Teams accepts, and an expiry
+    /// (if any) after the delivery time (if any). `deliver_at` absent means now; a job whose
+    /// `expires_at` has passed is valid (it ends `expired`, unsent).
+    pub fn new(
+        id: JobId,
+        to: Target,
+        message: Message,
+        deliver_at: Option<OffsetDateTime>,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<Self, JobError> {
         let invalid = |field, reason: &str| {
             Err(JobError::Invalid {
                 field,
                 reason: reason.to_owned(),
             })
         };
-        if self.id.is_empty()
-            || self.id.len() > 128
-            || !self.id.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return invalid("id", "must be 1-128 printable ASCII characters");
-        }
-        match &self.to {
+        match &to {
             Target::User(u) if u.tenant_id.is_empty() => {
                 return invalid("to.user.tenantId", "is empty");
             }
@@ -273,13 +320,29 @@ impl Job {
             }
             _ => {}
         }
-        self.message.validate()?;
-        if let (Some(deliver), Some(expires)) = (self.deliver_at, self.expires_at)
+        message.validate()?;
+        if let (Some(deliver), Some(expires)) = (deliver_at, expires_at)
             && expires <= deliver
         {
             return invalid("expiresAt", "must be after deliverAt");
         }
-        Ok(())
+        Ok(Self {
+            id,
+            to,
+            message,
+            deliver_at,
+            expires_at,
+        })
+    }
+
+    /// Parses a job body (as published over AMQP), checking it.
+    ///
+    /// A body that is not JSON of the job's shape is [`JobError::Malformed`]; one that is, but
+    /// breaks a rule, is [`JobError::Invalid`], with the same words [`Job::new`] uses.
+    pub fn from_slice(body: &[u8]) -> Result<Self, JobError> {
+        let job: UncheckedJob =
+            serde_json::from_slice(body).map_err(|e| JobError::Malformed(e.to_string()))?;
+        job.try_into()
     }
 
     /// A digest of what the job asks for (everything but its id), to tell a repeated request
@@ -359,21 +422,90 @@ mod tests {
             let err = Job::from_slice(body.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(expected), "{body}: {err}");
         }
-        let big = Job {
-            id: "a".into(),
-            to: Target::User(UserTarget {
+        let big = Job::new(
+            "a".parse().unwrap(),
+            Target::User(UserTarget {
                 tenant_id: "t".into(),
                 aad_object_id: "u".into(),
             }),
-            message: Message::text("x".repeat(MAX_ACTIVITY_BYTES)),
-            deliver_at: None,
-            expires_at: None,
-        };
+            Message::text("x".repeat(MAX_ACTIVITY_BYTES)),
+            None,
+            None,
+        );
         assert!(
-            big.validate()
-                .unwrap_err()
+            big.unwrap_err()
                 .to_string()
                 .contains("Teams accepts at most")
         );
+    }
+
+    fn user() -> Target {
+        Target::User(UserTarget {
+            tenant_id: "t".into(),
+            aad_object_id: "u".into(),
+        })
+    }
+
+    #[test]
+    fn a_bad_id_is_refused_in_the_words_it_always_was() {
+        // The dead-letter reason and the HTTP problem both carry this text.
+        let body =
+            r#"{"id":"two words","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{}}"#;
+        let err = Job::from_slice(body.as_bytes()).unwrap_err();
+        assert_eq!(
+            err,
+            JobError::Invalid {
+                field: "id",
+                reason: "must be 1-128 printable ASCII characters".into()
+            },
+            "the id is checked first, before the (also invalid) message"
+        );
+        assert_eq!(
+            err.to_string(),
+            "id: must be 1-128 printable ASCII characters"
+        );
+    }
+
+    #[test]
+    fn no_way_in_skips_the_checks() {
+        // Deserializing a `Job` directly (not through `from_slice`) checks it too.
+        let empty_message =
+            r#"{"id":"a","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{}}"#;
+        let err = serde_json::from_str::<Job>(empty_message).unwrap_err();
+        assert!(err.to_string().contains("needs text"), "{err}");
+        // Building one in code is refused for the same reasons, in the same words.
+        let now = OffsetDateTime::now_utc();
+        let backwards = Job::new(
+            JobId::fresh(),
+            user(),
+            Message::text("x"),
+            Some(now),
+            Some(now - time::Duration::minutes(1)),
+        );
+        assert_eq!(
+            backwards.unwrap_err().to_string(),
+            "expiresAt: must be after deliverAt"
+        );
+        let nobody = Job::new(
+            JobId::fresh(),
+            Target::Channel(ChannelTarget {
+                tenant_id: "t".into(),
+                team_id: String::new(),
+                channel_id: "c".into(),
+            }),
+            Message::text("x"),
+            None,
+            None,
+        );
+        assert!(nobody.unwrap_err().to_string().contains("teamId"));
+    }
+
+    #[test]
+    fn a_job_already_expired_is_still_a_job() {
+        // It is delivered as `expired`, unsent; refusing one already past is the HTTP API's
+        // own rule, not the contract's.
+        let past = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let job = Job::new(JobId::fresh(), user(), Message::text("x"), None, Some(past)).unwrap();
+        assert!(job.is_expired(OffsetDateTime::now_utc()));
     }
 }

@@ -639,23 +639,24 @@ pub async fn publish_typed(
 /// A job with `text` for the user, due now.
 pub fn job_for(user: &herald_emulator::TeamsUser, text: &str) -> herald_shared::job::Job {
     use herald_shared::job::{Job, Message, Target, UserTarget};
-    Job {
-        id: uuid::Uuid::new_v4().to_string(),
-        to: Target::User(UserTarget {
+    Job::new(
+        uuid::Uuid::new_v4().into(),
+        Target::User(UserTarget {
             tenant_id: user.tenant_id.clone(),
             aad_object_id: user.aad_object_id.clone(),
         }),
-        message: Message::text(text),
-        deliver_at: None,
-        expires_at: None,
-    }
+        Message::text(text),
+        None,
+        None,
+    )
+    .expect("a job for an emulated user is valid")
 }
 
 /// Publishes jobs the way another service would.
 pub async fn publish_jobs(namespace: &str, jobs: &[&herald_shared::job::Job]) {
     let bodies: Vec<(String, Vec<u8>)> = jobs
         .iter()
-        .map(|j| (j.id.clone(), serde_json::to_vec(j).unwrap()))
+        .map(|j| (j.id.to_string(), serde_json::to_vec(j).unwrap()))
         .collect();
     publish_raw_many(namespace, &bodies)
         .await

@@ -96,13 +96,14 @@ fn jobs_herald_writes_are_schema_valid() {
                 (None, None),
                 (Some(now), Some(now + Duration::from_secs(60))),
             ] {
-                let job = Job {
-                    id: "job-1".into(),
-                    to: to.clone(),
-                    message: message.clone(),
-                    deliver_at: times.0,
-                    expires_at: times.1,
-                };
+                let job = Job::new(
+                    "job-1".parse().unwrap(),
+                    to.clone(),
+                    message.clone(),
+                    times.0,
+                    times.1,
+                )
+                .unwrap();
                 let instance = serde_json::to_value(&job).unwrap();
                 assert!(
                     schema_errors(&validator, &instance).is_empty(),

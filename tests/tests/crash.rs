@@ -47,21 +47,22 @@ async fn a_dispatcher_killed_mid_flight_loses_no_job_and_duplicates_at_most_the_
     let jobs: Vec<Job> = (0..JOBS)
         .map(|i| {
             let user = &users[i % users.len()];
-            Job {
-                id: uuid::Uuid::new_v4().to_string(),
-                to: Target::User(UserTarget {
+            Job::new(
+                uuid::Uuid::new_v4().into(),
+                Target::User(UserTarget {
                     tenant_id: user.tenant_id.clone(),
                     aad_object_id: user.aad_object_id.clone(),
                 }),
-                message: Message::text(format!("job {i}")),
-                deliver_at: None,
-                expires_at: None,
-            }
+                Message::text(format!("job {i}")),
+                None,
+                None,
+            )
+            .unwrap()
         })
         .collect();
     let bodies: Vec<(String, Vec<u8>)> = jobs
         .iter()
-        .map(|j| (j.id.clone(), serde_json::to_vec(j).unwrap()))
+        .map(|j| (j.id.to_string(), serde_json::to_vec(j).unwrap()))
         .collect();
     publish_raw_many(&stack.namespace, &bodies).await.unwrap();
 

@@ -2,6 +2,7 @@
 //! other integrations) are accepted and stored with the right ids.
 
 use herald_emulator::TokenVariant;
+use herald_shared::store::ConversationKind;
 use herald_tests::{StackOptions, TestStack, fixture};
 use serde_json::Value;
 
@@ -63,7 +64,10 @@ async fn every_fixture_is_accepted_and_stored_with_its_ids() {
             .or(activity["channelData"]["tenant"]["id"].as_str());
         assert_eq!(stored.tenant_id.as_deref(), tenant, "{name}: tenant");
         assert_eq!(
-            stored.conversation_type.as_deref(),
+            stored
+                .conversation_type
+                .as_ref()
+                .map(ConversationKind::as_str),
             activity["conversation"]["conversationType"].as_str(),
             "{name}"
         );

@@ -149,17 +149,18 @@ async fn a_service_url_outside_the_allowlist_never_receives_the_bot_token() {
     );
 
     // Outbound: a job naming the forged serviceUrl fails at once, and the host sees nothing.
-    let job = Job {
-        id: uuid::Uuid::new_v4().to_string(),
-        to: Target::Conversation(ConversationTarget {
+    let job = Job::new(
+        uuid::Uuid::new_v4().into(),
+        Target::Conversation(ConversationTarget {
             id: "a:forged".into(),
             tenant_id: Some(user.tenant_id.clone()),
             service_url: Some(forged_url.clone()),
         }),
-        message: Message::text("hello"),
-        deliver_at: None,
-        expires_at: None,
-    };
+        Message::text("hello"),
+        None,
+        None,
+    )
+    .unwrap();
     publish_raw(
         &stack.namespace,
         &job.id,

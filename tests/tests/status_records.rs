@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use herald_shared::{
     config::{Namespace, RedisTarget},
+    job::{Target, UserTarget},
     store::{Redis, StatusRecord, StatusStore},
 };
 use herald_tests::{NamespaceGuard, fresh_namespace, redis_url};
@@ -17,7 +18,11 @@ async fn a_status_record_expires_after_its_ttl_from_its_last_change() {
     let redis = Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap();
     let statuses = StatusStore::new(redis, Duration::from_millis(1500));
     let now = OffsetDateTime::now_utc();
-    let record = StatusRecord::new("short-lived", serde_json::json!({"user": {}}), None, now);
+    let to = Target::User(UserTarget {
+        tenant_id: "t".into(),
+        aad_object_id: "u".into(),
+    });
+    let record = StatusRecord::new(&"short-lived".parse().unwrap(), to, None, now);
     statuses.create(&record).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // A change (a cancellation here) restarts the clock: past the first 1.5 s, it is still there.

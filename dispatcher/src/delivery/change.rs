@@ -2,7 +2,6 @@
 //! a DELETE of what is gone already), so a redelivered change is simply done again; they
 //! count against Teams' limits like sends, and fail like sends ([`super::failure`]).
 
-use herald_shared::job::Target;
 use time::OffsetDateTime;
 
 use super::{
@@ -43,11 +42,8 @@ impl Handler {
             return self.note_change(id, Some(&reason)).await;
         };
         // Edits and deletions count against Teams' limits like sends.
-        let target = serde_json::from_value::<Target>(record.to.clone()).ok();
-        let thread = target
-            .as_ref()
-            .map_or_else(|| conversation_id.clone(), Target::thread);
-        let tenant = target.as_ref().and_then(Target::tenant_id);
+        let thread = record.to.thread();
+        let tenant = record.to.tenant_id();
         let paced = match self
             .pace(tenant, &thread, incoming.bookkeeping.pace_turn)
             .await?

@@ -47,10 +47,9 @@ impl Handler {
             if wait > WAIT_HERE_AT_MOST {
                 // A job published straight to AMQP with a later `deliverAt` gets its status
                 // record now (`scheduled`), so it can be looked up while it waits.
-                let to = serde_json::to_value(&job.to).unwrap_or_default();
                 let fresh = StatusRecord {
                     published: true,
-                    ..StatusRecord::new(&job.id, to, job.deliver_at, now)
+                    ..StatusRecord::new(&job.id, job.to.clone(), job.deliver_at, now)
                 };
                 // A record that exists already (the ingress made it, or an earlier arrival) stays.
                 let _created_or_existing = self
@@ -82,8 +81,7 @@ impl Handler {
 
         let owner = format!("{}:{}", self.instance, Uuid::new_v4());
         let now = OffsetDateTime::now_utc();
-        let to = serde_json::to_value(&job.to).unwrap_or_default();
-        let fresh = StatusRecord::new(&job.id, to, job.deliver_at, now);
+        let fresh = StatusRecord::new(&job.id, job.to.clone(), job.deliver_at, now);
         let claim = self.until_done("claim", || {
             self.statuses
                 .begin_send(&fresh, &owner, self.send_lease, now)

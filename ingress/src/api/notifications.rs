@@ -10,22 +10,18 @@ use axum::{
 };
 use herald_shared::{
     amqp::headers as amqp_headers,
-    job::{Change, ChangeKind, Job, Message, Target},
+    job::{Change, ChangeKind, Job, JobError, JobId, Message, Target},
     store::{Cancel, JobStatus, StatusRecord},
 };
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use super::{Api, extract::ApiJson};
 use crate::{
     enqueue::{OnConflict, SubmitError},
     problem::Problem,
 };
-
-/// Names jobs created from an `Idempotency-Key` (UUID v5 over namespace and key).
-const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6865_7261_6c64_4964_656d_0000_0000_0001);
 
 /// A notification to send: the AMQP job without (or with) its id.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -48,7 +44,8 @@ pub struct NotificationRequest {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: JobId,
     pub status: JobStatus,
     #[serde(with = "time::serde::rfc3339::option")]
     pub deliver_at: Option<OffsetDateTime>,
@@ -94,33 +91,27 @@ pub async fn create(
         }
         None => None,
     };
-    let id_from = if request.id.is_some() {
-        IdSource::Caller
-    } else if key.is_some() {
-        IdSource::Key
-    } else {
-        IdSource::Fresh
-    };
-    let id = match (request.id, &key) {
-        (Some(id), _) => id,
-        (None, Some(key)) => Uuid::new_v5(
-            &IDEMPOTENCY_NAMESPACE,
-            format!("{}/{key}", api.namespace).as_bytes(),
-        )
-        .to_string(),
-        (None, None) => Uuid::now_v7().to_string(),
+    let (id, id_from) = match (request.id, &key) {
+        (Some(id), _) => (
+            id.parse().map_err(JobError::from)?,
+            IdSource::Caller,
+        ),
+        (None, Some(key)) => (
+            JobId::from_idempotency_key(&api.namespace, key),
+            IdSource::Key,
+        ),
+        (None, None) => (JobId::fresh(), IdSource::Fresh),
     };
     let now = OffsetDateTime::now_utc();
-    let job = Job {
+    let job = Job::new(
         id,
-        to: request.to,
-        message: request.message,
+        request.to,
+        request.message,
         // Kept as sent (a time in the past simply means now), so that a retried request
         // hashes the same as the first.
-        deliver_at: request.deliver_at,
-        expires_at: request.expires_at,
-    };
-    job.validate()?;
+        request.deliver_at,
+        request.expires_at,
+    )?;
     if job.expires_at.is_some_and(|expires| expires <= now) {
         return Err(Problem::bad_request("expiresAt: is already past"));
     }
@@ -208,7 +199,7 @@ pub async fn cancel(
             queue_change(
                 &api,
                 Change {
-                    id: id.clone(),
+                    id: record.id.clone(),
                     message: None,
                 },
                 ChangeKind::Delete,
@@ -259,7 +250,7 @@ pub async fn edit(
     queue_change(
         &api,
         Change {
-            id,
+            id: record.id.clone(),
             message: Some(request.message),
         },
         ChangeKind::Update,

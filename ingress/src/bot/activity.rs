@@ -1,7 +1,7 @@
 //! Reading an inbound activity: which conversation it belongs to, and what it means for the
 //! stored reference (an install, a removal, or a refresh), read from where Teams puts each id.
 
-use herald_shared::store::{ActivityEffect, ConversationRef, RecordedActivity};
+use herald_shared::store::{ActivityEffect, ConversationKind, ConversationRef, RecordedActivity};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -33,7 +33,7 @@ pub struct Activity {
 pub struct ConversationAccount {
     pub id: String,
     #[serde(default)]
-    pub conversation_type: Option<String>,
+    pub conversation_type: Option<ConversationKind>,
     #[serde(default)]
     pub tenant_id: Option<String>,
 }
@@ -101,7 +101,7 @@ impl Activity {
     }
 
     pub fn is_personal(&self) -> bool {
-        self.conversation.conversation_type.as_deref() == Some("personal")
+        self.conversation.conversation_type == Some(ConversationKind::Personal)
     }
 
     fn bot_id(&self) -> Option<&str> {
@@ -242,6 +242,21 @@ mod tests {
             reference.user_aad_object_id, None,
             "a channel has no single user"
         );
+    }
+
+    #[test]
+    fn a_conversation_type_teams_did_not_document_is_recorded_as_sent() {
+        let meeting = activity(json!({
+            "type": "message",
+            "conversation": {"id": "19:meeting_x@thread.v2", "conversationType": "meeting", "tenantId": "t"}
+        }));
+        let reference = meeting.reference(OffsetDateTime::now_utc());
+        assert_eq!(
+            reference.conversation_type,
+            Some(ConversationKind::Other("meeting".into()))
+        );
+        assert_eq!(reference.user_id, None, "only a personal chat has a user");
+        assert_eq!(meeting.effect(), ActivityEffect::Refresh);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use axum::{
 };
 use herald_shared::{
     allowlist::ServiceUrlAllowlist,
+    error::Chain,
     store::{ActivityEffect, ConversationStore, StoreError},
 };
 use time::OffsetDateTime;
@@ -107,6 +108,10 @@ async fn handle(
             // Retrying cannot mend an install that names no user; say so and move on.
             Err(GreetingError::NoUser) => {
                 tracing::warn!("install without a tenant or user id; no greeting")
+            }
+            // Nor one whose greeting is not a valid job (Teams' retries would not change it).
+            Err(GreetingError::Invalid(error)) => {
+                tracing::warn!(error = %Chain(&error), "the greeting is not a valid job; no greeting")
             }
             Err(e) => return Err(RecordError::Greeting(e).into()),
         }

@@ -6,6 +6,8 @@
 //! - `{ns}:tenant:{tenantId}`: the tenant's most recent serviceUrl (Microsoft's multi-geo
 //!   guidance: use the latest one seen, not a global constant).
 
+mod kind;
+
 use std::sync::LazyLock;
 
 use redis::Script;
@@ -16,12 +18,13 @@ use time::OffsetDateTime;
 
 use super::{Redis, StoreError, parse_rfc3339, rfc3339};
 
+pub use self::kind::ConversationKind;
+
 /// A stored conversation reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationRef {
     pub conversation_id: String,
-    /// `personal`, `groupChat` or `channel`.
-    pub conversation_type: Option<String>,
+    pub conversation_type: Option<ConversationKind>,
     pub service_url: String,
     pub tenant_id: Option<String>,
     /// The user, for personal conversations.
@@ -44,7 +47,7 @@ impl ConversationRef {
     }
 
     pub fn is_personal(&self) -> bool {
-        self.conversation_type.as_deref() == Some("personal")
+        self.conversation_type == Some(ConversationKind::Personal)
     }
 
     fn fields(&self) -> Vec<(&'static str, String)> {
@@ -56,18 +59,23 @@ impl ConversationRef {
         // Only what this activity carried is written: a later activity lacking, say, the
         // team id must not erase it.
         let optional = [
-            ("conversationType", &self.conversation_type),
-            ("tenantId", &self.tenant_id),
-            ("userAadObjectId", &self.user_aad_object_id),
-            ("userId", &self.user_id),
-            ("botId", &self.bot_id),
-            ("teamId", &self.team_id),
-            ("channelId", &self.channel_id),
+            (
+                "conversationType",
+                self.conversation_type
+                    .as_ref()
+                    .map(ConversationKind::as_str),
+            ),
+            ("tenantId", self.tenant_id.as_deref()),
+            ("userAadObjectId", self.user_aad_object_id.as_deref()),
+            ("userId", self.user_id.as_deref()),
+            ("botId", self.bot_id.as_deref()),
+            ("teamId", self.team_id.as_deref()),
+            ("channelId", self.channel_id.as_deref()),
         ];
         fields.extend(
             optional
                 .into_iter()
-                .filter_map(|(k, v)| v.clone().map(|v| (k, v))),
+                .filter_map(|(k, v)| v.map(|v| (k, v.to_owned()))),
         );
         fields
     }
@@ -88,7 +96,7 @@ impl ConversationRef {
                 .get("lastSeen")
                 .and_then(|s| parse_rfc3339(s))
                 .ok_or_else(|| malformed("no lastSeen"))?,
-            conversation_type: h.remove("conversationType"),
+            conversation_type: h.remove("conversationType").map(ConversationKind::from),
             tenant_id: h.remove("tenantId"),
             user_aad_object_id: h.remove("userAadObjectId"),
             user_id: h.remove("userId"),
@@ -450,5 +458,37 @@ mod tests {
             ConversationAddress::from_fields("a:1".into(), vec![None, None, None, None]),
             None
         );
+    }
+
+    #[test]
+    fn the_conversation_type_is_stored_as_teams_wrote_it() {
+        for (kind, text) in [
+            (ConversationKind::Personal, "personal"),
+            (ConversationKind::Channel, "channel"),
+            (ConversationKind::Other("meeting".into()), "meeting"),
+        ] {
+            let reference = ConversationRef {
+                conversation_id: "a:1".into(),
+                conversation_type: Some(kind.clone()),
+                service_url: "https://smba/amer/".into(),
+                tenant_id: None,
+                user_aad_object_id: None,
+                user_id: None,
+                bot_id: None,
+                team_id: None,
+                channel_id: None,
+                last_seen: time::macros::datetime!(2026-11-25 09:00 UTC),
+                removed_reason: None,
+            };
+            let hash: HashMap<String, String> = reference
+                .fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            assert_eq!(hash["conversationType"], text);
+            let read = ConversationRef::from_hash("herald:conv:a:1", hash).unwrap();
+            assert_eq!(read, reference);
+            assert_eq!(read.is_personal(), kind == ConversationKind::Personal);
+        }
     }
 }

@@ -20,8 +20,8 @@ use redis::{
 
 pub use self::{
     conversation::{
-        ActivityEffect, ConversationAddress, ConversationRef, ConversationStore, InstallState,
-        RecordedActivity,
+        ActivityEffect, ConversationAddress, ConversationKind, ConversationRef, ConversationStore,
+        InstallState, RecordedActivity,
     },
     status::{BeginSend, Cancel, JobStatus, Outcome, StatusRecord, StatusStore},
 };

@@ -12,10 +12,11 @@ use redis::Script;
 use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
 
 use redis::AsyncCommands;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use time::OffsetDateTime;
 
 use super::{Redis, StoreError, parse_rfc3339, rfc3339, unix_ms};
+use crate::job::{JobId, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -80,12 +81,13 @@ impl fmt::Display for JobStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusRecord {
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: JobId,
     pub status: JobStatus,
     /// Calls made to Teams for this job.
     pub attempts: u32,
-    #[schema(value_type = Object)]
-    pub to: serde_json::Value,
+    #[serde(serialize_with = "serialize_sorted")]
+    pub to: Target,
     pub conversation_id: Option<String>,
     pub activity_id: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -109,14 +111,14 @@ pub struct StatusRecord {
 impl StatusRecord {
     /// A fresh record for a job first seen now.
     pub fn new(
-        id: &str,
-        to: serde_json::Value,
+        id: &JobId,
+        to: Target,
         deliver_at: Option<OffsetDateTime>,
         now: OffsetDateTime,
     ) -> Self {
         let due_later = deliver_at.is_some_and(|at| at > now);
         Self {
-            id: id.to_owned(),
+            id: id.clone(),
             status: if due_later {
                 JobStatus::Scheduled
             } else {
@@ -138,10 +140,10 @@ impl StatusRecord {
 
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
-            ("id", self.id.clone()),
+            ("id", self.id.to_string()),
             ("status", self.status.to_string()),
             ("attempts", self.attempts.to_string()),
-            ("to", self.to.to_string()),
+            ("to", sorted_json(&self.to).to_string()),
             ("createdAt", rfc3339(self.created_at)),
             ("updatedAt", rfc3339(self.updated_at)),
             ("published", u8::from(self.published).to_string()),
@@ -172,15 +174,17 @@ impl StatusRecord {
                 .parse()
                 .map_err(malformed)?,
             attempts: h.get("attempts").and_then(|a| a.parse().ok()).unwrap_or(0),
-            to: h
-                .get("to")
-                .and_then(|t| serde_json::from_str(t).ok())
-                .unwrap_or(serde_json::Value::Null),
+            to: serde_json::from_str(h.get("to").ok_or_else(|| malformed("no to".into()))?)
+                .map_err(|e| malformed(format!("bad to: {e}")))?,
             deliver_at: h.get("deliverAt").and_then(|s| parse_rfc3339(s)),
             created_at: time_field(&h, "createdAt")?,
             updated_at: time_field(&h, "updatedAt")?,
             published: h.get("published").is_some_and(|p| p == "1"),
-            id: h.remove("id").ok_or_else(|| malformed("no id".into()))?,
+            id: h
+                .remove("id")
+                .ok_or_else(|| malformed("no id".into()))?
+                .try_into()
+                .map_err(|e| malformed(format!("bad id: {e}")))?,
             conversation_id: h.remove("conversationId"),
             activity_id: h.remove("activityId"),
             last_error: h.remove("lastError"),
@@ -188,6 +192,18 @@ impl StatusRecord {
             service_url: h.remove("serviceUrl"),
         })
     }
+}
+
+/// The target as records have always held it, in Redis and in answers: its JSON with the keys
+/// of every object in sorted order (as `serde_json::Value` writes them), not in field order.
+fn sorted_json(target: &Target) -> serde_json::Value {
+    // A target is strings in structs and enums: it has no map with non-string keys, nor a
+    // `Serialize` of its own that could fail.
+    serde_json::to_value(target).expect("a target always serializes")
+}
+
+fn serialize_sorted<S: Serializer>(target: &Target, serializer: S) -> Result<S::Ok, S::Error> {
+    sorted_json(target).serialize(serializer)
 }
 
 /// What `begin_send` found.
@@ -621,5 +637,79 @@ impl StatusStore {
             key: self.key(id),
             reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::job::{ConversationTarget, UserTarget};
+
+    const KEY: &str = "herald:job:invoice-77";
+
+    fn record(to: Target) -> StatusRecord {
+        let now = datetime!(2026-11-25 09:00 UTC);
+        StatusRecord::new(&"invoice-77".parse().unwrap(), to, None, now)
+    }
+
+    fn user() -> Target {
+        Target::User(UserTarget {
+            tenant_id: "t".into(),
+            aad_object_id: "u".into(),
+        })
+    }
+
+    fn stored(record: &StatusRecord) -> HashMap<String, String> {
+        record
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+    }
+
+    #[test]
+    fn the_target_is_stored_as_it_always_was_and_read_back() {
+        let to_user = record(user());
+        let hash = stored(&to_user);
+        // Keys sorted, as the records written when `to` was a `serde_json::Value` hold them.
+        assert_eq!(hash["to"], r#"{"user":{"aadObjectId":"u","tenantId":"t"}}"#);
+        assert_eq!(StatusRecord::from_hash(KEY, hash).unwrap(), to_user);
+
+        let to_conversation = record(Target::Conversation(ConversationTarget {
+            id: "a:1".into(),
+            tenant_id: None,
+            service_url: None,
+        }));
+        let hash = stored(&to_conversation);
+        assert_eq!(hash["to"], r#"{"conversation":{"id":"a:1"}}"#);
+        assert_eq!(StatusRecord::from_hash(KEY, hash).unwrap(), to_conversation);
+    }
+
+    #[test]
+    fn the_answer_shows_the_target_as_it_always_did() {
+        let answer = serde_json::to_string(&record(user())).unwrap();
+        assert!(
+            answer.contains(r#""to":{"user":{"aadObjectId":"u","tenantId":"t"}}"#),
+            "{answer}"
+        );
+    }
+
+    #[test]
+    fn a_record_whose_target_does_not_parse_is_malformed() {
+        for to in [Some(r#"{"pigeon":{}}"#), Some("null"), None] {
+            let mut hash = stored(&record(user()));
+            match to {
+                Some(to) => hash.insert("to".into(), to.into()),
+                None => hash.remove("to"),
+            };
+            let err = StatusRecord::from_hash(KEY, hash).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Malformed { key, reason }
+                    if key == KEY && reason.contains("to")),
+                "{to:?}: {err}"
+            );
+        }
     }
 }
