@@ -30,8 +30,8 @@ use herald_shared::{
         Publisher,
         headers::{self, Bookkeeping},
     },
-    job::{Change, ChangeKind, JOB_TYPE_V1, Job, Message},
     error::Chain,
+    job::{Change, ChangeKind, JOB_TYPE_V1, Job, JobId, Message},
     metrics::Metrics,
     store::{ConversationStore, StatusStore},
     telemetry,
@@ -79,7 +79,7 @@ enum Work {
     Job(Job),
     /// A change to the message of job `id`.
     Change {
-        id: String,
+        id: JobId,
         alteration: Alteration,
     },
 }
@@ -396,7 +396,7 @@ mod tests {
         for amqp_type in [None, Some(JOB_TYPE_V1)] {
             let work = read_work(amqp_type, None, JOB).unwrap();
             assert!(
-                matches!(work, Work::Job(job) if job.id == "j1"),
+                matches!(work, Work::Job(job) if job.id.as_str() == "j1"),
                 "{amqp_type:?}"
             );
         }
@@ -412,7 +412,7 @@ mod tests {
         assert!(matches!(
             edit,
             Ok(Work::Change { id, alteration: Alteration::Update(m) })
-                if id == "j1" && m.text.as_deref() == Some("new")
+                if id.as_str() == "j1" && m.text.as_deref() == Some("new")
         ));
         let deletion = read_work(Some(DELETE_TYPE_V1), None, br#"{"id":"j1"}"#);
         assert!(matches!(

@@ -92,10 +92,7 @@ pub async fn create(
         None => None,
     };
     let (id, id_from) = match (request.id, &key) {
-        (Some(id), _) => (
-            id.parse().map_err(JobError::from)?,
-            IdSource::Caller,
-        ),
+        (Some(id), _) => (id.parse().map_err(JobError::from)?, IdSource::Caller),
         (None, Some(key)) => (
             JobId::from_idempotency_key(&api.namespace, key),
             IdSource::Key,
