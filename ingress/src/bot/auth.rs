@@ -273,6 +273,10 @@ impl BotAuthenticator {
     /// Keeps the keys fresh in the background until `stop`: fetched at start (so the first
     /// activity does not wait for Microsoft) and twice a day after, well within their
     /// [`KEYS_MAX_AGE`]; a failed fetch is tried again a minute later.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped mid-fetch, the fetch is abandoned and the cached keys stay as they
+    /// were (a fetch replaces them whole, only once it has succeeded).
     pub async fn keep_fresh(&self, stop: tokio_util::sync::CancellationToken) {
         loop {
             let next = match self.refresh(false).await {
