@@ -302,6 +302,72 @@ async fn the_bot_token_is_fetched_once_for_many_sends_and_refreshed_before_it_ex
     stack.stop().await;
 }
 
+/// A status record that no longer parses (edited by hand, or written by a future version)
+/// is not an outage: no retry mends it. The change that needs it is set aside with the
+/// reason, instead of holding a prefetch slot for ever, and the consumer goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_to_a_job_whose_record_is_corrupt_is_dead_lettered_and_the_consumer_goes_on() {
+    let stack = stack_with(StackOptions::default()).await;
+    let (user, conversation) = stack.installed_user().await;
+    let job = job_for(&user, "to be edited");
+    publish_jobs(&stack.namespace, &[&job]).await;
+    wait_for_status(&stack, &job, JobStatus::Delivered).await;
+    let redis = redis::Client::open(herald_tests::redis_url()).unwrap();
+    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:job:{}", stack.namespace, job.id);
+    let removed: i64 = redis::cmd("HDEL")
+        .arg(&key)
+        .arg("createdAt")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the record had its createdAt");
+    // An edit, as the ingress queues one.
+    let edit = serde_json::json!({"id": job.id.as_str(), "message": {"text": "edited"}});
+    herald_tests::publish_typed(
+        &stack.namespace,
+        &[("edit-1".into(), serde_json::to_vec(&edit).unwrap())],
+        Some(herald_shared::job::UPDATE_TYPE_V1),
+    )
+    .await
+    .unwrap();
+    let next = job_for(&user, "after the corrupt record");
+    publish_jobs(&stack.namespace, &[&next]).await;
+    wait_for_status(&stack, &next, JobStatus::Delivered).await;
+    wait_until(
+        "the edit to be dead-lettered",
+        Duration::from_secs(10),
+        || async { dead_letter_count(&stack.namespace).await > 0 },
+    )
+    .await;
+    let dead = dead_letters(&stack.namespace).await;
+    assert!(
+        dead.iter()
+            .any(|(id, reason)| id.as_deref() == Some("edit-1")
+                && reason.contains("malformed")
+                && reason.contains("createdAt")),
+        "{dead:?}"
+    );
+    assert!(
+        texts(&stack, &conversation, "edited").is_empty(),
+        "nothing was edited"
+    );
+    stack.stop().await;
+}
+
+/// How many messages wait in the dead-letter queue, without taking them.
+async fn dead_letter_count(namespace: &str) -> u32 {
+    let topology = Topology::new(namespace.parse().unwrap());
+    let connection = lapin::Connection::connect(&herald_tests::amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    herald_shared::amqp::queue_depth(&channel, &topology.dead_queue())
+        .await
+        .unwrap()
+        .messages
+}
+
 /// Every message in the dead-letter queue: (message id, reason).
 async fn dead_letters(namespace: &str) -> Vec<(Option<String>, String)> {
     let topology = Topology::new(namespace.parse().unwrap());

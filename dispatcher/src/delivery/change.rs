@@ -5,7 +5,7 @@
 use time::OffsetDateTime;
 
 use super::{
-    Abandoned, Alteration, Handler, Incoming, Paced,
+    Alteration, Handler, Incoming, Interrupted, Paced,
     failure::{self, Call, Failed, Verdict},
     requeue::Again,
 };
@@ -15,7 +15,7 @@ impl Handler {
         &self,
         alteration: &Alteration,
         incoming: &Incoming<'_>,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<(), Interrupted> {
         let id = incoming.id;
         let kind = alteration.kind();
         if let Some(at) = incoming.bookkeeping.not_before {
@@ -109,7 +109,7 @@ impl Handler {
     }
 
     /// The delivered message is deleted: the job ends `cancelled`.
-    async fn retracted(&self, id: &str) -> Result<(), Abandoned> {
+    async fn retracted(&self, id: &str) -> Result<(), Interrupted> {
         let now = OffsetDateTime::now_utc();
         self.until_done("record the deletion", || {
             self.statuses.mark_retracted(id, now)
@@ -120,7 +120,7 @@ impl Handler {
     }
 
     /// Records a change's outcome on the job: `error` as its `lastError`, or none.
-    async fn note_change(&self, id: &str, error: Option<&str>) -> Result<(), Abandoned> {
+    async fn note_change(&self, id: &str, error: Option<&str>) -> Result<(), Interrupted> {
         let now = OffsetDateTime::now_utc();
         self.until_done("record the change", || {
             self.statuses.note_change(id, error, now)

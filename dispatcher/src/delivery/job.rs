@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Abandoned, Handler, Incoming, Paced,
+    Handler, Incoming, Interrupted, Paced,
     failure::{self, Call, Failed, Verdict},
     requeue::Again,
 };
@@ -36,7 +36,7 @@ impl Handler {
         &self,
         job: &Job,
         incoming: &Incoming<'_>,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<(), Interrupted> {
         let now = OffsetDateTime::now_utc();
         // Early (a delay rounds down to whole seconds; a retry's backoff is in a header)?
         let due = job
@@ -195,7 +195,7 @@ impl Handler {
     }
 
     /// The message reached Teams: the job ends `delivered`.
-    async fn delivered(&self, job: &Job, owner: &str, sent: Sent) -> Result<(), Abandoned> {
+    async fn delivered(&self, job: &Job, owner: &str, sent: Sent) -> Result<(), Interrupted> {
         // The everyday outcome is logged at debug: at thousands of jobs a second an info line
         // each would be most of the dispatcher's work. The status record, the metrics and the
         // trace say it; every other outcome is logged at info.
@@ -221,7 +221,7 @@ impl Handler {
         owner: &str,
         error: ConnectorError,
         destination: Option<&Destination>,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<(), Interrupted> {
         let conversation_id = match destination {
             Some(Destination::Conversation {
                 conversation_id, ..
@@ -290,7 +290,7 @@ impl Handler {
         owner: &str,
         outcome: Outcome,
         attempts_made: u32,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<(), Interrupted> {
         self.metrics.job(match &outcome {
             Outcome::Delivered { .. } => "delivered",
             Outcome::Failed { .. } => "failed",

@@ -27,13 +27,13 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use herald_shared::{
     amqp::{
-        Publisher,
+        PublishError, Publisher,
         headers::{self, Bookkeeping},
     },
     error::Chain,
     job::{Change, ChangeKind, JOB_TYPE_V1, Job, JobId, Message},
     metrics::Metrics,
-    store::{ConversationStore, StatusStore},
+    store::{ConversationStore, StatusStore, StoreError},
     telemetry,
 };
 use lapin::{message::Delivery, types::FieldTable};
@@ -69,9 +69,35 @@ pub struct Handler {
     pub abandon: CancellationToken,
 }
 
-/// The service is stopping and this delivery's work is unfinished: it goes back to the queue.
+/// Why a delivery's handling stopped short of an outcome.
 #[derive(Debug)]
-struct Abandoned;
+enum Interrupted {
+    /// The service is stopping and this delivery's work is unfinished: it goes back to the
+    /// queue.
+    Abandoned,
+    /// Something it needs is stored malformed (a status record that does not parse): no
+    /// retry changes that, so it is set aside in the dead-letter queue with this reason
+    /// instead of holding a prefetch slot for ever.
+    Broken(String),
+}
+
+/// Whether a failed step may succeed if tried again: an outage passes, a malformed record
+/// does not.
+trait Outage {
+    fn is_outage(&self) -> bool;
+}
+
+impl Outage for StoreError {
+    fn is_outage(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl Outage for PublishError {
+    fn is_outage(&self) -> bool {
+        true
+    }
+}
 
 /// What a delivery asks for, read from its type and body once.
 #[derive(Debug)]
@@ -127,12 +153,16 @@ impl Handler {
     pub async fn handle(self: Arc<Self>, delivery: Delivery, settler: Settler) {
         let verdict = match self.work_on(&delivery).await {
             Ok(()) => Settlement::Ack,
-            Err(Abandoned) => Settlement::Requeue,
+            Err(Interrupted::Abandoned) => Settlement::Requeue,
+            Err(Interrupted::Broken(reason)) => match self.poison(&delivery, &reason).await {
+                Ok(()) => Settlement::Ack,
+                Err(_) => Settlement::Requeue,
+            },
         };
         settler.settle(delivery.delivery_tag, verdict);
     }
 
-    async fn work_on(&self, delivery: &Delivery) -> Result<(), Abandoned> {
+    async fn work_on(&self, delivery: &Delivery) -> Result<(), Interrupted> {
         let amqp_headers = delivery.properties.headers().as_ref();
         let amqp_type = delivery.properties.kind().as_ref().map(|t| t.as_str());
         let work = match read_work(amqp_type, amqp_headers, &delivery.data) {
@@ -185,7 +215,7 @@ impl Handler {
     }
 
     /// Sets a message that can never be handled aside, with the reason, and goes on.
-    async fn poison(&self, delivery: &Delivery, reason: &str) -> Result<(), Abandoned> {
+    async fn poison(&self, delivery: &Delivery, reason: &str) -> Result<(), Interrupted> {
         self.metrics.job("rejected");
         let message_id = delivery
             .properties
@@ -223,7 +253,7 @@ impl Handler {
         tenant: Option<&str>,
         thread: &str,
         mut turn: Option<u64>,
-    ) -> Result<Paced, Abandoned> {
+    ) -> Result<Paced, Interrupted> {
         loop {
             match self
                 .until_done("pace", || self.pacer.admit(tenant, thread, turn))
@@ -266,7 +296,7 @@ impl Handler {
         decision: &Decision,
         tenant: Option<&str>,
         conversation_id: Option<&str>,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<(), Interrupted> {
         if let Some(pause) = decision.pause_tenant {
             self.metrics.throttled.inc();
             if let Some(tenant) = tenant {
@@ -304,19 +334,20 @@ impl Handler {
     }
 
     /// Sleeps for `wait`, unless the service must let go of its deliveries first.
-    async fn sleep(&self, wait: Duration) -> Result<(), Abandoned> {
+    async fn sleep(&self, wait: Duration) -> Result<(), Interrupted> {
         tokio::select! {
             _ = tokio::time::sleep(wait) => Ok(()),
-            _ = self.abandon.cancelled() => Err(Abandoned),
+            _ = self.abandon.cancelled() => Err(Interrupted::Abandoned),
         }
     }
 
     /// Runs a step that needs Redis or RabbitMQ until it succeeds, waiting out outages with
     /// backoff. Holding the delivery meanwhile is the back-pressure: with every prefetch slot
-    /// held, the dispatcher takes no new work. Gives up only when the service is stopping.
-    async fn until_done<T, E, F, Fut>(&self, step: &str, mut attempt: F) -> Result<T, Abandoned>
+    /// held, the dispatcher takes no new work. Gives up when the service is stopping, or at
+    /// once when the step fails for a reason no retry changes (a malformed record).
+    async fn until_done<T, E, F, Fut>(&self, step: &str, mut attempt: F) -> Result<T, Interrupted>
     where
-        E: std::error::Error + 'static,
+        E: std::error::Error + Outage + 'static,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -324,6 +355,10 @@ impl Handler {
         loop {
             match attempt().await {
                 Ok(value) => return Ok(value),
+                Err(error) if !error.is_outage() => {
+                    let reason = format!("rejected: {step} failed: {}", Chain(&error));
+                    return Err(Interrupted::Broken(reason));
+                }
                 Err(error) => {
                     tracing::warn!(step, error = %Chain(&error), retry_in = ?wait, "a step failed; trying again")
                 }

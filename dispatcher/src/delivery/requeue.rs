@@ -10,7 +10,7 @@ use std::time::Duration;
 use herald_shared::amqp::headers::{self, Bookkeeping};
 use time::OffsetDateTime;
 
-use super::{Abandoned, Handler, Incoming};
+use super::{Handler, Incoming, Interrupted};
 
 /// Why a delivery goes round again; it decides what the delivery's bookkeeping says when it
 /// is back.
@@ -53,7 +53,7 @@ impl Handler {
         incoming: &Incoming<'_>,
         wait: Duration,
         again: Again,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<(), Interrupted> {
         let delivery = incoming.delivery;
         let back_at = OffsetDateTime::now_utc() + wait;
         // The legacy operation marker is dropped: the copy carries the change's own type.
