@@ -3,10 +3,13 @@
 //! # Layout
 //! - [`config`]: configuration from the environment, validated once; [`cloud`] presets and the
 //!   serviceUrl [`allowlist`].
-//! - [`job`]: the job contract other services publish (the one place its shape is defined).
+//! - [`job`]: the job contract other services publish (the one place its shape is defined),
+//!   checked once as it is parsed; job ids and their three schemes; the internal change types.
 //! - [`amqp`]: the RabbitMQ topology (every name and argument), the reconnecting broker link,
-//!   the confirmed publisher and the headers carrying bookkeeping.
-//! - [`store`]: Redis stores for conversation references and job status records.
+//!   the confirmed publisher, the bookkeeping headers (read once into a `Bookkeeping`) and
+//!   queue depths.
+//! - [`store`]: Redis stores for conversation references and job status records, and the
+//!   namespaced connection the dispatcher's pacer builds on.
 //! - [`telemetry`]: logs (JSON lines, with their own span field formatter) and traces;
 //!   [`metrics`]: the Prometheus metrics; [`error`]: an error written with its causes
 //!   ([`error::Chain`]), for logs and recorded texts.

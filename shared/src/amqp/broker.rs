@@ -66,6 +66,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HEARTBEAT_SECS: u16 = 5;
 /// How often the supervisor looks at a live link's health between connection events.
 const HEALTH_CHECK: Duration = Duration::from_millis(500);
+/// How long closing a connection may wait for the broker's close-ok. A busy or dying broker
+/// may never answer, and a service stopping within its shutdown grace cannot wait on it:
+/// once this has passed the socket is dropped, which the broker treats as a closed
+/// connection (unacked deliveries go back to their queues either way).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Broker {
     /// Starts the supervisor. It runs until `stop` is cancelled, then closes the connection.
@@ -145,11 +150,11 @@ async fn supervise(
                 let stopped = wait_until_lost(&link, &stop).await;
                 state.send_replace(None);
                 if stopped {
-                    let _ = link.connection.close(200, "shutting down".into()).await;
+                    close(&link, 200, "shutting down").await;
                     return;
                 }
                 tracing::warn!(epoch, "lost the RabbitMQ connection; reconnecting");
-                let _ = link.connection.close(320, "reconnecting".into()).await;
+                close(&link, 320, "reconnecting").await;
             }
             Ok(Err(error)) => {
                 tracing::warn!(error = %Chain(&error), retry_in = ?backoff, "cannot reach RabbitMQ")
@@ -163,6 +168,17 @@ async fn supervise(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     state.send_replace(None);
+}
+
+/// Closes the link's connection, waiting at most [`CLOSE_TIMEOUT`] for the broker.
+async fn close(link: &Link, code: u16, reason: &str) {
+    let closing = link.connection.close(code, reason.into());
+    if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+        tracing::warn!(
+            code,
+            "RabbitMQ did not confirm the close in time; dropping the connection"
+        );
+    }
 }
 
 async fn connect(
