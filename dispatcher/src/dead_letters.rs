@@ -154,22 +154,16 @@ impl Tools {
             }
             self.statuses.reopen(&job.id, now).await?;
             // A fresh start: the trace context stays, the retry count and the verdict go.
-            let mut kept = lapin::types::FieldTable::default();
-            let dropped = [
-                headers::ATTEMPTS,
-                headers::NOT_BEFORE,
-                headers::PACE_TURN,
-                headers::DEAD_REASON,
-                headers::DEAD_AT,
-            ];
-            let carried = headers::carried_over(message.delivery.properties.headers().as_ref());
-            for (key, value) in carried
-                .inner()
-                .iter()
-                .filter(|(k, _)| !dropped.contains(&k.as_str()))
-            {
-                kept.insert(key.clone(), value.clone());
-            }
+            let kept = headers::carried_over_except(
+                message.delivery.properties.headers().as_ref(),
+                &[
+                    headers::ATTEMPTS,
+                    headers::NOT_BEFORE,
+                    headers::PACE_TURN,
+                    headers::DEAD_REASON,
+                    headers::DEAD_AT,
+                ],
+            );
             self.publisher
                 .publish_job(&job.id, &message.delivery.data, Duration::ZERO, kept)
                 .await?;
