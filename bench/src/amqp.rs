@@ -39,11 +39,16 @@ pub struct Published {
 }
 
 impl Amqp {
+    /// Connects to this machine's RabbitMQ.
     pub async fn connect() -> anyhow::Result<Self> {
-        let connection =
-            Connection::connect(&herald_tests::amqp_url(), ConnectionProperties::default())
-                .await
-                .context("connecting to RabbitMQ")?;
+        Self::connect_to(&herald_tests::amqp_url()).await
+    }
+
+    /// Connects to the node at `url` (a node of the bench's own cluster).
+    pub async fn connect_to(url: &str) -> anyhow::Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .context("connecting to RabbitMQ")?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -211,19 +216,76 @@ impl Amqp {
             .messages)
     }
 
+    /// Deletes a queue of the bench's own.
+    pub async fn delete_queue(&self, queue: &str) -> anyhow::Result<()> {
+        self.channel
+            .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+            .await?;
+        Ok(())
+    }
+
     /// Empties every queue of a namespace: what earlier loads left there for a dispatcher.
+    /// A queue the binaries under test never declared (older ones have no `{ns}.webhooks`)
+    /// is skipped: each purge gets a channel of its own, which a missing queue closes.
     pub async fn purge(&self, namespace: &str) -> anyhow::Result<()> {
         let topology = Topology::new(namespace.parse().map_err(anyhow::Error::msg)?);
         for queue in topology.all_queues() {
-            self.channel
+            let channel = self.connection.create_channel().await?;
+            let purged = channel
                 .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
-                .await?;
+                .await;
+            match purged {
+                Ok(_) => {
+                    let _ = channel.close(200, "purged".into()).await;
+                }
+                Err(e) if e.to_string().contains("NOT_FOUND") => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
 
+    /// A queue of the bench's own bound to every event of the namespace (the exchange is
+    /// declared as Herald declares it, so binaries that publish no events can be measured too);
+    /// [`Amqp::ready`] on it counts the events published since; [`Amqp::delete_queue`] it after.
+    pub async fn count_events(&self, namespace: &str) -> anyhow::Result<String> {
+        let topology = Topology::new(namespace.parse().map_err(anyhow::Error::msg)?);
+        let exchange = topology.events_exchange();
+        self.channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = format!("{namespace}.bench-events");
+        self.channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue)
+    }
+
+    /// Closes the connection, waiting at most 2 s (its node may be gone).
     pub async fn close(self) {
-        let _ = self.connection.close(200, "done".into()).await;
+        let closing = self.connection.close(200, "done".into());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
     }
 }
 

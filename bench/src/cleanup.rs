@@ -57,12 +57,17 @@ pub async fn delete_namespace(namespace: &str) -> anyhow::Result<usize> {
     let channel = connection.create_channel().await?;
     let mut queues = topology.all_queues();
     queues.push(format!("{namespace}.bench-ceiling"));
+    // Binaries from before timers moved to Redis (`--bin-dir`) declare delay levels.
+    let delay_levels: Vec<String> = (0..21)
+        .map(|level| format!("{namespace}.delay.{level}"))
+        .collect();
+    queues.extend(delay_levels.iter().cloned());
     for queue in queues {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
     }
-    for exchange in topology.all_exchanges() {
+    for exchange in topology.all_exchanges().into_iter().chain(delay_levels) {
         channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await?;

@@ -29,6 +29,7 @@ scenarios:
   {}
   {}
   {}
+  {}
 
 --runs N runs the scenario N times and reports each run, then the median of every figure.
 The services are the release binaries (cargo build --release --bins); Redis and RabbitMQ are
@@ -37,6 +38,7 @@ HERALD_TEST_REDIS_URL / HERALD_TEST_AMQP_URL, or 127.0.0.1's.",
         scenarios::ingress::USAGE,
         scenarios::pacing::USAGE,
         scenarios::delay::USAGE,
+        scenarios::park::USAGE,
         scenarios::emulator::USAGE,
     )
 }
@@ -122,6 +124,7 @@ async fn run_once(scenario: &str, common: &Common, args: Args) -> anyhow::Result
         "ingress" => scenarios::ingress::run(&common, args).await?,
         "pacing" => scenarios::pacing::run(&common, args).await?,
         "delay" => scenarios::delay::run(&common, args).await?,
+        "park" => scenarios::park::run(&common, args).await?,
         "emulator" => scenarios::emulator::run(&common, args).await?,
         other => anyhow::bail!("unknown scenario {other:?}\n{}", usage()),
     };

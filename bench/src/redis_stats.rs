@@ -41,6 +41,20 @@ pub async fn commandstats() -> anyhow::Result<HashMap<String, u64>> {
     Ok(calls)
 }
 
+/// Redis' `used_memory` in bytes (what its data takes, with its overhead).
+pub async fn used_memory() -> anyhow::Result<u64> {
+    let client = redis::Client::open(herald_tests::redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")
+}
+
 /// Adds the commandstats delta per job to the report; the INFO calls themselves are left out.
 pub fn report_delta(
     report: &mut Report,

@@ -43,7 +43,7 @@ pub fn waiting_limit(prefetch: u16) -> usize {
 /// What becomes of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Done with (delivered, failed, re-queued through the delay levels): acknowledge it.
+    /// Done with (delivered, failed, queued again until due): acknowledge it.
     Ack,
     /// Unfinished and handed back (shutdown): RabbitMQ gives it to another consumer.
     Requeue,

@@ -1,7 +1,16 @@
 //! Consuming `{ns}.dispatch`: one consumer per broker link, one task per delivery, at most
 //! `HERALD_PREFETCH` deliveries in flight (the broker stops sending until some are acked).
+//!
+//! A consumer that has taken work and then has had nothing to do for [`RESTART_WHEN_IDLE`]
+//! is restarted once, on a new channel. The reason is a RabbitMQ fault: when a quorum queue's
+//! leader dies while deliveries are on their way to a consumer on another node, the new
+//! leader can count some of them as delivered to that consumer although they never arrived
+//! (the queue shows them unacked, no channel holds them). They come back only when the
+//! consumer's channel closes. Restarting an idle consumer is cheap, loses nothing (nothing is
+//! in flight on it) and bounds how long such messages wait; it happens at most once per spell
+//! of work.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use herald_shared::{
@@ -12,7 +21,7 @@ use lapin::{
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
-use tokio::task::JoinSet;
+use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{acks::Settler, delivery::Handler};
@@ -35,13 +44,19 @@ pub async fn consume(
 ) -> JoinSet<()> {
     let mut in_flight = JoinSet::new();
     let mut links = broker.watch();
+    let mut took_work = false;
     loop {
         let link = links.borrow_and_update().clone();
         match link {
             Some(link) => {
-                if let Err(error) =
-                    consume_link(&broker, &link, &handler, prefetch, &stop, &mut in_flight).await
-                {
+                let consuming = Consuming {
+                    broker: &broker,
+                    link: &link,
+                    handler: &handler,
+                    prefetch,
+                    stop: &stop,
+                };
+                if let Err(error) = consuming.run(&mut in_flight, &mut took_work).await {
                     tracing::warn!(
                         error = %Chain(&error),
                         "consuming stopped; waiting for the broker link"
@@ -54,7 +69,7 @@ pub async fn consume(
             return in_flight;
         }
         // Wait for the next link, or look again shortly (a consumer-level failure on a link
-        // that is still up).
+        // that is still up, or an idle consumer restarted).
         tokio::select! {
             _ = stop.cancelled() => return in_flight,
             changed = links.changed() => if changed.is_err() { return in_flight },
@@ -64,61 +79,102 @@ pub async fn consume(
     }
 }
 
-/// Consumes one link's deliveries, spawning a handler for each into `in_flight`.
-///
-/// # Cancel safety
-/// The `select!` takes at most one delivery per turn and spawns its handler in the same turn,
-/// so a branch that loses the race has taken nothing: `consumer.next()` is cancel safe (an
-/// unpolled delivery waits in lapin's buffer), and so are `stop.cancelled()` and
-/// `join_next()`.
-async fn consume_link(
-    broker: &Broker,
-    link: &Link,
-    handler: &Arc<Handler>,
+/// After this long with nothing delivered and nothing in work, a consumer that took work
+/// since it started is restarted (see the module docs).
+pub const RESTART_WHEN_IDLE: Duration = Duration::from_secs(10);
+
+/// One consumer on one broker link.
+struct Consuming<'a> {
+    broker: &'a Broker,
+    link: &'a Link,
+    handler: &'a Arc<Handler>,
     prefetch: u16,
-    stop: &CancellationToken,
-    in_flight: &mut JoinSet<()>,
-) -> lapin::Result<()> {
-    let channel = link.connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let queue = broker.topology().dispatch_queue();
-    let tag = format!("{}-{}", handler.instance, link.epoch);
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(%queue, prefetch, "consuming");
-    // The settler owns the channel until every delivery taken on it is settled, even after
-    // the consumer is gone (lapin closes a channel when its last handle drops, and a closed
-    // channel cannot ack).
-    let settler = Settler::start(
-        channel.clone(),
-        prefetch,
-        handler.metrics.clone(),
-        in_flight,
-    );
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => {
-                // Stop taking work; deliveries in flight finish (or are abandoned) afterwards,
-                // on this same channel, so their acks still count.
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                return Ok(());
-            }
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    in_flight.spawn(handler.clone().handle(delivery, settler.clone()));
+    stop: &'a CancellationToken,
+}
+
+impl Consuming<'_> {
+    /// Consumes the link's deliveries, spawning a handler for each into `in_flight`, until
+    /// `stop`, the link's end, or an idle restart. `took_work` says whether this consumer
+    /// (or the one before it on this link) has taken a delivery since the last restart.
+    ///
+    /// # Cancel safety
+    /// The `select!` takes at most one delivery per turn and spawns its handler in the same
+    /// turn, so a branch that loses the race has taken nothing: `consumer.next()` is cancel
+    /// safe (an unpolled delivery waits in lapin's buffer), and so are `stop.cancelled()`,
+    /// `join_next()` and the idle timer.
+    async fn run(&self, in_flight: &mut JoinSet<()>, took_work: &mut bool) -> lapin::Result<()> {
+        let Self {
+            broker,
+            link,
+            handler,
+            prefetch,
+            stop,
+        } = self;
+        let channel = link.connection.create_channel().await?;
+        channel
+            .basic_qos(*prefetch, BasicQosOptions::default())
+            .await?;
+        let queue = broker.topology().dispatch_queue();
+        let tag = format!(
+            "{}-{}-{}",
+            handler.instance,
+            link.epoch,
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(%queue, prefetch, "consuming");
+        // The settler owns the channel until every delivery taken on it is settled, even after
+        // the consumer is gone (lapin closes a channel when its last handle drops, and a closed
+        // channel cannot ack).
+        let settler = Settler::start(
+            channel.clone(),
+            *prefetch,
+            handler.metrics.clone(),
+            in_flight,
+        );
+        // One clone per handler at work on this channel's deliveries.
+        let at_work = Arc::new(());
+        let mut quiet_since = Instant::now();
+        loop {
+            let idle = *took_work && Arc::strong_count(&at_work) == 1;
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    // Stop taking work; deliveries in flight finish (or are abandoned)
+                    // afterwards, on this same channel, so their acks still count.
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    return Ok(());
                 }
-                Some(Err(error)) => return Err(error),
-                None => return Ok(()),
-            },
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        *took_work = true;
+                        quiet_since = Instant::now();
+                        let (handler, settler, working) = (Arc::clone(handler), settler.clone(), at_work.clone());
+                        in_flight.spawn(async move {
+                            handler.handle(delivery, settler).await;
+                            drop(working);
+                        });
+                    }
+                    Some(Err(error)) => return Err(error),
+                    None => return Ok(()),
+                },
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    quiet_since = Instant::now();
+                }
+                _ = tokio::time::sleep_until(quiet_since + RESTART_WHEN_IDLE), if idle => {
+                    tracing::info!(idle = ?RESTART_WHEN_IDLE, "nothing to do since the last work; restarting the consumer, so that no delivery is left behind on it");
+                    *took_work = false;
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    // The channel closes once the settler has sent its last acks and lets go.
+                    return Ok(());
+                }
+            }
         }
     }
 }

@@ -82,7 +82,7 @@ impl Tools {
         let stop = CancellationToken::new();
         let topology = Topology::new(common.namespace.clone());
         let broker = Broker::start(
-            &common.amqp_url,
+            &common.amqp,
             topology,
             "herald-dead-letters",
             stop.clone(),
@@ -165,7 +165,7 @@ impl Tools {
                 ],
             );
             self.publisher
-                .publish_job(&job.id, &message.delivery.data, Duration::ZERO, kept)
+                .publish_job(&job.id, &message.delivery.data, kept)
                 .await?;
             message
                 .delivery

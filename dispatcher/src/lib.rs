@@ -5,11 +5,15 @@
 //! - [`consumer`]: the consume loop (one consumer per broker link, bounded in-flight work).
 //! - [`acks`]: settling finished deliveries in batches (`multiple` acks).
 //! - [`delivery`]: one delivery from body to ack: jobs and changes, pacing, what Teams'
-//!   errors lead to (`delivery/failure.rs`), sending round the delay levels again.
+//!   errors lead to (`delivery/failure.rs`), sending round again (parked until due).
+//! - The timer pump ([`herald_shared::timers::pump`]), run beside the consumer: publishes
+//!   parked messages when they are due.
 //! - [`dead_letters`]: the operator's `dead list|redrive` commands.
 //! - [`resolve`]: from a job's target to a conversation id and serviceUrl.
 //! - [`connector`]: the bot's token and the Bot Connector REST calls, Teams' error answers read.
 //! - [`pace`]: Teams' per-conversation and per-tenant limits, held across every replica.
+//! - [`webhooks`]: the webhook sender, a consumer of its own: events POSTed to the services
+//!   that asked, retried on their schedule.
 //! - This file: wiring ([`Dispatcher::build`]) and the lifecycle ([`Dispatcher::run`]).
 
 pub mod acks;
@@ -19,6 +23,7 @@ pub mod dead_letters;
 pub mod delivery;
 pub mod pace;
 pub mod resolve;
+pub mod webhooks;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -27,8 +32,15 @@ use herald_shared::{
     admin::{self, Readiness},
     amqp::{Broker, Publisher, Topology, queue_depth},
     config::DispatcherConfig,
+    events::Events,
     metrics::{Metrics, Service},
-    store::{ConversationStore, Redis, StatusStore},
+    schedule::Scheduler,
+    store::{
+        ConversationStore, Redis, ScheduleStore, SentStore, StatusStore, TimerStore, UserStore,
+    },
+    submit::Enqueuer,
+    timers::{self, DispatchQueue},
+    webhooks::WebhookStore,
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -38,6 +50,7 @@ use crate::{
     delivery::{Handler, failure},
     pace::Pacer,
     resolve::Resolver,
+    webhooks::WebhookSender,
 };
 
 /// A built dispatcher, ready to [`run`](Dispatcher::run).
@@ -51,6 +64,7 @@ pub struct Dispatcher {
     broker_stop: CancellationToken,
     tracker: TaskTracker,
     handler: Arc<Handler>,
+    webhooks: Arc<WebhookSender>,
     prefetch: u16,
     shutdown_grace: Duration,
 }
@@ -63,7 +77,7 @@ impl Dispatcher {
         let broker_stop = CancellationToken::new();
         let redis = Redis::new(&common.redis, common.namespace.clone())?;
         let broker = Broker::start(
-            &common.amqp_url,
+            &common.amqp,
             Topology::new(common.namespace.clone()),
             "herald-dispatcher",
             broker_stop.clone(),
@@ -84,9 +98,36 @@ impl Dispatcher {
             common.teams.service_url_allowlist.clone(),
             config.send_timeout,
         );
+        let statuses = StatusStore::new(redis.clone(), common.status_ttl);
+        let users = UserStore::new(redis.clone());
+        let queue = DispatchQueue::new(
+            Publisher::new(broker.clone()),
+            TimerStore::new(redis.clone()),
+        );
+        let events = Events::new(Publisher::new(broker.clone()), redis.clone());
+        let webhooks = Arc::new(WebhookSender::new(
+            broker.clone(),
+            WebhookStore::new(redis.clone()),
+            TimerStore::family(redis.clone(), "webhook-deliveries"),
+            &common.webhook_guard,
+            common.webhook_retry_schedule.clone(),
+        ));
+        let sent = SentStore::new(redis.clone(), common.status_ttl);
         let handler = Arc::new(Handler {
             instance: format!("dispatcher-{}", uuid::Uuid::new_v4().simple()),
-            statuses: StatusStore::new(redis.clone(), common.status_ttl),
+            scheduler: Scheduler {
+                store: ScheduleStore::new(redis.clone()),
+                queue: queue.clone(),
+                users: users.clone(),
+                default_time_zone: common.default_time_zone,
+            },
+            enqueuer: Enqueuer {
+                statuses: statuses.clone(),
+                queue: queue.clone(),
+                users: users.clone(),
+                default_time_zone: common.default_time_zone,
+            },
+            statuses,
             conversations: conversations.clone(),
             resolver: Resolver {
                 conversations,
@@ -94,18 +135,22 @@ impl Dispatcher {
                 bot_id: format!("28:{}", common.bot.app_id),
                 default_service_url: common.teams.default_service_url.clone(),
             },
+            users,
+            default_time_zone: common.default_time_zone,
             pacer: Pacer::new(
                 redis.clone(),
                 config.conversation_rates.clone(),
                 config.tenant_rate.clone(),
             ),
             connector,
-            publisher: Publisher::new(broker.clone()),
+            queue,
             policy: failure::Policy {
                 retry_schedule: config.retry_schedule.clone(),
                 max_attempts: config.max_attempts,
                 gcc_service_url: common.teams.gcc_service_url.clone(),
             },
+            events,
+            sent,
             send_lease: config.send_lease,
             metrics: metrics.clone(),
             abandon: CancellationToken::new(),
@@ -119,6 +164,7 @@ impl Dispatcher {
             broker_stop,
             tracker,
             handler,
+            webhooks,
             prefetch: config.prefetch,
             shutdown_grace: config.shutdown_grace,
         })
@@ -153,9 +199,22 @@ impl Dispatcher {
 
         tokio::spawn(sample_queue_depths(
             self.broker.clone(),
+            self.handler.queue.clone(),
             self.metrics.clone(),
             admin_stop.clone(),
         ));
+        let pump_stop = CancellationToken::new();
+        let pumping = tokio::spawn(timers::pump(
+            self.handler.queue.clone(),
+            self.metrics.clone(),
+            pump_stop.clone(),
+        ));
+        // Events: published as jobs end, and relayed from the outbox when a process died
+        // before it published them.
+        let events_stop = CancellationToken::new();
+        let eventing = tokio::spawn(self.handler.events.clone().run(events_stop.clone()));
+        let webhooks_stop = CancellationToken::new();
+        let webhooking = tokio::spawn(self.webhooks.clone().run(webhooks_stop.clone()));
         let consume_stop = CancellationToken::new();
         let consuming = tokio::spawn(consumer::consume(
             self.broker.clone(),
@@ -166,6 +225,9 @@ impl Dispatcher {
         shutdown.await;
         tracing::info!(grace = ?self.shutdown_grace, "stopping: no new deliveries; finishing those in flight");
         consume_stop.cancel();
+        // The pump finishes the batch it is publishing; timers due later wait for a replica.
+        pump_stop.cancel();
+        let _ = tokio::time::timeout(PUMP_STOP, pumping).await;
         let mut in_flight = consuming.await.unwrap_or_default();
         let finished = tokio::time::timeout(self.shutdown_grace, async {
             while in_flight.join_next().await.is_some() {}
@@ -186,6 +248,14 @@ impl Dispatcher {
                 in_flight.abort_all();
             }
         }
+        // What the finished deliveries queued is published; the rest is the relay's.
+        self.handler.events.settle(Duration::from_millis(500)).await;
+        events_stop.cancel();
+        let _ = tokio::time::timeout(PUMP_STOP, eventing).await;
+        // A webhook POST in progress is cut short; its delivery is due again when its lease
+        // ends, on another replica or after the restart.
+        webhooks_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), webhooking).await;
         self.broker_stop.cancel();
         admin_stop.cancel();
         let served = admin.await.unwrap_or(Ok(()));
@@ -196,11 +266,21 @@ impl Dispatcher {
     }
 }
 
-/// Keeps the `herald_queue_messages` gauges current (what an autoscaler on queue depth reads).
+/// How long a stopping dispatcher waits for its timer pump to finish publishing a batch (a
+/// publish gives up on its confirm after 10 s; what is left unreleased comes due again).
+const PUMP_STOP: Duration = Duration::from_secs(12);
+
+/// Keeps the `herald_queue_messages` and `herald_timers_waiting` gauges current (what an
+/// autoscaler on queue depth reads).
 ///
 /// # Cancel safety
 /// Cancel safe: a cancelled sample loses only that reading; the gauges keep the last one.
-async fn sample_queue_depths(broker: Broker, metrics: Metrics, stop: CancellationToken) {
+async fn sample_queue_depths(
+    broker: Broker,
+    queue: DispatchQueue,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
     let topology = broker.topology().clone();
     let queues = [
         ("dispatch", topology.dispatch_queue()),
@@ -216,6 +296,11 @@ async fn sample_queue_depths(broker: Broker, metrics: Metrics, stop: Cancellatio
                     gauge.set(i64::from(depth.messages));
                 }
             }
+        }
+        if let Ok(waiting) = queue.timers().waiting().await {
+            metrics
+                .timers_waiting
+                .set(i64::try_from(waiting).unwrap_or(i64::MAX));
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -48,8 +48,8 @@ pub struct PacedSend {
     logs: Vec<String>,
 }
 
-/// How late a caller may present its turn and still be served as the holder of it (it went
-/// round the delay levels, or its dispatcher was busy); later, it queues again.
+/// How late a caller may present its turn and still be served as the holder of it (its timer
+/// was claimed late, or its dispatcher was busy); later, it queues again.
 const TURN_GRACE_MS: u64 = 5_000;
 
 /// KEYS: conversation log, conversation queue, tenant log, tenant queue, tenant pause.

@@ -422,6 +422,7 @@ fn store_activity(
         traceparent,
         deleted: false,
         edits: Vec::new(),
+        card_answer: None,
     };
     directory
         .conversation_mut(conversation_id)?
@@ -442,7 +443,7 @@ fn announce(shared: &Shared, change: &'static str, stored: ReceivedActivity) {
     shared.publish(Event::Activity {
         change,
         conversation_id: stored.conversation_id.clone(),
-        activity: stored,
+        activity: Box::new(stored),
     });
 }
 
@@ -515,6 +516,8 @@ fn update_activity(
         let previous = std::mem::replace(&mut stored.activity, activity);
         stored.edits.push(previous);
         stored.text = text_of(&stored.activity);
+        // The new version replaces any card or text a card action showed.
+        stored.card_answer = None;
         stored.clone()
     };
     Counters::bump(&shared.recorder.counters.updates);

@@ -25,6 +25,14 @@ pub struct TeamsUser {
     pub aad_object_id: String,
     /// Display name.
     pub name: String,
+    /// The IANA zone their Teams client is in; it rides on the activities a client sends
+    /// (`localTimezone`, the `clientInfo` entity), never on install events.
+    #[serde(default = "utc")]
+    pub time_zone: String,
+}
+
+fn utc() -> String {
+    "Etc/UTC".to_owned()
 }
 
 impl TeamsUser {
@@ -38,6 +46,15 @@ impl TeamsUser {
             tenant_id: tenant_id.into(),
             aad_object_id: aad_object_id.into(),
             name: name.into(),
+            time_zone: utc(),
+        }
+    }
+
+    /// The same user, their client in IANA zone `zone`.
+    pub fn in_time_zone(self, zone: &str) -> Self {
+        Self {
+            time_zone: zone.to_owned(),
+            ..self
         }
     }
 
@@ -104,6 +121,29 @@ pub struct ReceivedActivity {
     pub deleted: bool,
     /// Earlier versions this one replaced through updates, oldest first.
     pub edits: Vec<Value>,
+    /// The bot's answer to the last `Action.Execute` pressed on this message's card. An
+    /// answer with a card has already replaced the card in `activity`, as Teams shows it to
+    /// the user who pressed; a text or an error is kept here for showing under the card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_answer: Option<CardAnswer>,
+}
+
+/// What the bot answered to an `Action.Execute`, as [`ReceivedActivity::card_answer`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CardAnswer {
+    /// The verb of the action pressed (empty when the action had none).
+    pub verb: String,
+    /// The answer's `statusCode`, else the HTTP status of the bot's response.
+    pub status: u16,
+    /// The answer's `type`, e.g. `application/vnd.microsoft.card.adaptive`, when it had one.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// What Teams shows under the card: the text of a message answer, or an error's message.
+    pub text: Option<String>,
+    /// When the answer came.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
 }
 
 /// What kind of conversation an id names.
@@ -619,6 +659,26 @@ impl Directory {
             },
             true,
         )
+    }
+
+    /// Whether the user's personal chat with the bot is known (the user acted in Teams).
+    pub(crate) fn knows_personal(&self, user: &TeamsUser) -> bool {
+        self.conversations
+            .contains_key(&self.personal_conversation_id(user))
+    }
+
+    /// A message the bot sent to the user's personal chat, unless deleted.
+    pub(crate) fn personal_activity_mut(
+        &mut self,
+        user: &TeamsUser,
+        activity_id: &str,
+    ) -> Option<&mut ReceivedActivity> {
+        let id = self.personal_conversation_id(user);
+        self.conversations
+            .get_mut(&id)?
+            .activities
+            .iter_mut()
+            .find(|stored| stored.id == activity_id && !stored.deleted)
     }
 
     pub(crate) fn activities(&self, conversation_id: &str) -> Vec<ReceivedActivity> {

@@ -20,7 +20,7 @@ use crate::faults::Fault;
 use crate::keys::{TokenVariant, key_set};
 use crate::recorder::{RecordedRequest, Stats, lock};
 use crate::state::Shared;
-use crate::teams::{self, InstallOutcome};
+use crate::teams::{self, InstallOutcome, InvokeAnswer};
 use crate::{connector, entra, inspect, page};
 
 /// How long Teams waits for the bot to answer an activity.
@@ -242,6 +242,74 @@ impl Emulator {
     pub async fn send_user_message(&self, user: &TeamsUser, text: &str) -> anyhow::Result<u16> {
         let activity = self.message_activity(user, text);
         Ok(self.post_activity(&activity, TokenVariant::Valid).await?.0)
+    }
+
+    /// The `invoke` (`name: "adaptiveCard/action"`) Teams sends when the user presses an
+    /// `Action.Execute` with `verb` on the card of the bot's message `reply_to_id` in their
+    /// personal chat: `value: {action: {type, title?, id?, verb, data}, trigger: "manual"}`.
+    /// `title` and `id` are the card's when the stored message has that action; an empty `verb`
+    /// is left out. For posting with [`post_activity`](Self::post_activity), e.g. with a
+    /// spoiled token; [`press_card_action`](Self::press_card_action) sends it as Teams does.
+    pub fn card_action_activity(
+        &self,
+        user: &TeamsUser,
+        reply_to_id: &str,
+        verb: &str,
+        data: Value,
+    ) -> Value {
+        teams::card_action_activity(&self.shared, user, reply_to_id, verb, data)
+    }
+
+    /// The `message` Teams sends when the user presses an `Action.Submit` on the card of the
+    /// bot's message `reply_to_id`: empty `text`, `value` = `data`, `replyToId`.
+    pub fn card_submit_activity(&self, user: &TeamsUser, reply_to_id: &str, data: Value) -> Value {
+        teams::card_submit_activity(&self.shared, user, reply_to_id, data)
+    }
+
+    /// The read receipt event (`name: "application/vnd.microsoft.readReceipt"`,
+    /// `value: {lastReadMessageId}`) of the user's personal chat.
+    pub fn read_receipt_activity(&self, user: &TeamsUser, last_read_message_id: &str) -> Value {
+        teams::read_receipt_activity(&self.shared, user, last_read_message_id)
+    }
+
+    /// The user presses an `Action.Execute` with `verb` and `data` on the card of the bot's
+    /// message `reply_to_id` in their personal chat. Returns the bot's HTTP status and body.
+    /// As Teams shows it to that user, an answer `{"statusCode": 200, "type":
+    /// "application/vnd.microsoft.card.adaptive", "value": card}` replaces the message's card,
+    /// and a text answer (`application/vnd.microsoft.activity.message`) or an error's message
+    /// is kept in [`ReceivedActivity::card_answer`]. Fails when the user has no chat with the
+    /// bot, the message is not in it, or the bot cannot be reached.
+    pub async fn press_card_action(
+        &self,
+        user: &TeamsUser,
+        reply_to_id: &str,
+        verb: &str,
+        data: Value,
+    ) -> anyhow::Result<InvokeAnswer> {
+        teams::press_card_action(&self.shared, user, reply_to_id, verb, data).await
+    }
+
+    /// The user presses an `Action.Submit` with `data` on the card of the bot's message
+    /// `reply_to_id`; returns the bot's status. Fails like
+    /// [`press_card_action`](Self::press_card_action).
+    pub async fn submit_card(
+        &self,
+        user: &TeamsUser,
+        reply_to_id: &str,
+        data: Value,
+    ) -> anyhow::Result<u16> {
+        teams::submit_card(&self.shared, user, reply_to_id, data).await
+    }
+
+    /// The user has read their personal chat up to the bot's message `last_read_message_id`;
+    /// returns the bot's status. Fails when the user has no chat with the bot or the bot
+    /// cannot be reached.
+    pub async fn send_read_receipt(
+        &self,
+        user: &TeamsUser,
+        last_read_message_id: &str,
+    ) -> anyhow::Result<u16> {
+        teams::send_read_receipt(&self.shared, user, last_read_message_id).await
     }
 
     /// The team's id, which is also its General channel's conversation id.

@@ -40,6 +40,9 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/_emulator/teams/install", post(install))
         .route("/_emulator/teams/uninstall", post(uninstall))
         .route("/_emulator/teams/message", post(message))
+        .route("/_emulator/teams/card-action", post(card_action))
+        .route("/_emulator/teams/card-submit", post(card_submit))
+        .route("/_emulator/teams/read-receipt", post(read_receipt))
         .route("/_emulator/teams/team/install", post(install_team))
         .route("/_emulator/teams/team/uninstall", post(uninstall_team))
         .route("/_emulator/events", get(events))
@@ -216,6 +219,90 @@ async fn respond_with_status(shared: &Shared, user: &TeamsUser, activity: Value)
     }
 }
 
+/// A user pressing a button on the card of one of the bot's messages.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CardAct {
+    tenant_id: String,
+    aad_object_id: String,
+    reply_to_id: String,
+    /// `Action.Execute` only.
+    #[serde(default)]
+    verb: String,
+    #[serde(default = "empty_object")]
+    data: Value,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+/// A user who has read their chat up to a message.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadAct {
+    tenant_id: String,
+    aad_object_id: String,
+    last_read_message_id: String,
+}
+
+fn not_found(message: String) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": message }))).into_response()
+}
+
+/// The user as "Teams" knows them (with their name and zone); why not, for one never seen.
+fn known_user(shared: &Shared, tenant_id: &str, aad_object_id: &str) -> Result<TeamsUser, String> {
+    lock(&shared.directory)
+        .find_user(tenant_id, aad_object_id)
+        .ok_or_else(|| {
+            format!(
+                "unknown user {aad_object_id} of tenant {tenant_id}: install the app for them first"
+            )
+        })
+}
+
+/// An unknown chat or message is the caller's mistake (404); anything else means the bot
+/// could not be reached.
+fn act_failed(err: &anyhow::Error) -> Response {
+    match err.downcast_ref::<teams::NotFound>() {
+        Some(missing) => not_found(missing.to_string()),
+        None => unreachable(err),
+    }
+}
+
+async fn card_action(State(shared): State<Arc<Shared>>, Json(act): Json<CardAct>) -> Response {
+    let user = match known_user(&shared, &act.tenant_id, &act.aad_object_id) {
+        Ok(user) => user,
+        Err(unknown) => return not_found(unknown),
+    };
+    match teams::press_card_action(&shared, &user, &act.reply_to_id, &act.verb, act.data).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(err) => act_failed(&err),
+    }
+}
+
+async fn card_submit(State(shared): State<Arc<Shared>>, Json(act): Json<CardAct>) -> Response {
+    let user = match known_user(&shared, &act.tenant_id, &act.aad_object_id) {
+        Ok(user) => user,
+        Err(unknown) => return not_found(unknown),
+    };
+    match teams::submit_card(&shared, &user, &act.reply_to_id, act.data).await {
+        Ok(status) => Json(json!({ "status": status })).into_response(),
+        Err(err) => act_failed(&err),
+    }
+}
+
+async fn read_receipt(State(shared): State<Arc<Shared>>, Json(act): Json<ReadAct>) -> Response {
+    let user = match known_user(&shared, &act.tenant_id, &act.aad_object_id) {
+        Ok(user) => user,
+        Err(unknown) => return not_found(unknown),
+    };
+    match teams::send_read_receipt(&shared, &user, &act.last_read_message_id).await {
+        Ok(status) => Json(json!({ "status": status })).into_response(),
+        Err(err) => act_failed(&err),
+    }
+}
+
 /// A team and the user acting in it.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -258,7 +345,8 @@ async fn uninstall_team(State(shared): State<Arc<Shared>>, Json(act): Json<TeamA
     }
 }
 
-/// Server-Sent Events: `activity` when the bot sends, updates or deletes, `toBot` when
+/// Server-Sent Events: `activity` when the bot sends, updates or deletes (or a card action's
+/// answer changes one of its messages), `toBot` when
 /// "Teams" posts to the bot. The stream ends when the emulator stops, so that a page left
 /// open does not hold the shutdown.
 async fn events(

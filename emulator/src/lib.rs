@@ -16,7 +16,8 @@
 //! - `connector`: the Bot Connector (`/v3/conversations/…` under each serviceUrl).
 //! - `limits`: Teams' rate limits; `faults`: injected answers ([`Fault`]).
 //! - `recorder`: the request log ([`RecordedRequest`]) and counters ([`Stats`]).
-//! - `teams`: acting as Teams toward the bot (activity builders, posting, installs).
+//! - `teams`: acting as Teams toward the bot (activity builders, posting, installs, a user
+//!   pressing card buttons and reading messages).
 //! - `inspect`: the JSON API and event stream under `/_emulator`; `page`: the web page at `/`.
 //! - `emulator`: [`Emulator`], the running server and its handle; [`app`]: the binary.
 //!
@@ -51,9 +52,9 @@ mod state;
 mod teams;
 
 pub use config::EmulatorConfig;
-pub use directory::{ReceivedActivity, TeamsTeam, TeamsUser};
+pub use directory::{CardAnswer, ReceivedActivity, TeamsTeam, TeamsUser};
 pub use emulator::Emulator;
 pub use faults::{Fault, MESSAGE_WRITES_BLOCKED_BODY};
 pub use keys::TokenVariant;
 pub use recorder::{Operation, RecordedRequest, Stats};
-pub use teams::InstallOutcome;
+pub use teams::{InstallOutcome, InvokeAnswer};

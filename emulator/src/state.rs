@@ -36,12 +36,13 @@ fn as_millis<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S:
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub(crate) enum Event {
-    /// The bot sent, updated or deleted an activity.
+    /// The bot sent, updated or deleted an activity, or answered a card action on it
+    /// (`change`: `sent`, `updated`, `deleted`, `answered`).
     #[serde(rename = "activity", rename_all = "camelCase")]
     Activity {
         change: &'static str,
         conversation_id: String,
-        activity: ReceivedActivity,
+        activity: Box<ReceivedActivity>,
     },
     /// "Teams" posted an activity to the bot.
     #[serde(rename = "toBot", rename_all = "camelCase")]

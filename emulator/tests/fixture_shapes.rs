@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use common::{config, start};
 use herald_emulator::{TeamsTeam, TeamsUser};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Every key path in `value` (`a.b`, with `[]` for array elements), paired with the JSON
 /// kind found there.
@@ -164,4 +164,76 @@ async fn team_activities_have_the_fields_of_captured_ones() {
         added["channelData"]["team"]["aadGroupId"],
         team.aad_group_id.as_str()
     );
+}
+
+#[tokio::test]
+async fn card_actions_and_read_receipts_have_the_fields_of_captured_ones() {
+    let emulator = start(config()).await;
+    let user = TeamsUser::random().in_time_zone("America/Los_Angeles");
+    let card_message = "1767765488332";
+
+    let invoke = emulator.card_action_activity(
+        &user,
+        card_message,
+        "feedback",
+        json!({ "feedback": "test invokes" }),
+    );
+    // The action's title comes from the stored card (there is none here); `legacy.replyToId`
+    // is an id of Teams' own that no bot reads.
+    assert_covers(
+        "teams-net_invoke-adaptiveCard-action_personal.json",
+        &invoke,
+        &[
+            "value.action.title",
+            "channelData.legacy",
+            "channelData.legacy.replyToId",
+        ],
+    );
+    assert_eq!(invoke["type"], "invoke");
+    assert_eq!(invoke["name"], "adaptiveCard/action");
+    assert_eq!(invoke["replyToId"], card_message);
+    assert_eq!(invoke["value"]["action"]["type"], "Action.Execute");
+    assert_eq!(invoke["value"]["action"]["verb"], "feedback");
+    assert_eq!(invoke["value"]["trigger"], "manual");
+    assert_eq!(invoke["localTimezone"], "America/Los_Angeles");
+    assert!(invoke["id"].as_str().unwrap().starts_with("f:"));
+
+    let receipt = emulator.read_receipt_activity(&user, card_message);
+    assert_covers("msdocs_event_readReceipt_personal.json", &receipt, &[]);
+    assert_eq!(receipt["type"], "event");
+    assert_eq!(receipt["name"], "application/vnd.microsoft.readReceipt");
+    assert_eq!(
+        receipt["value"],
+        json!({ "lastReadMessageId": card_message })
+    );
+
+    // The only captured card-action message is from a channel; its fields but the channel's.
+    let submit = emulator.card_submit_activity(&user, card_message, json!({ "property": "x" }));
+    assert_covers(
+        "msdocs_message_cardAction-messageBack_channel.json",
+        &submit,
+        &[
+            "channelData.channel",
+            "channelData.channel.id",
+            "channelData.team",
+            "channelData.team.id",
+        ],
+    );
+    assert_eq!(submit["type"], "message");
+    assert_eq!(submit["text"], "");
+    assert_eq!(submit["value"], json!({ "property": "x" }));
+    assert_eq!(submit["replyToId"], card_message);
+
+    for activity in [&invoke, &receipt, &submit] {
+        assert_eq!(activity["conversation"]["conversationType"], "personal");
+        assert_eq!(
+            activity["conversation"]["id"],
+            emulator.personal_conversation_id(&user).as_str()
+        );
+        assert_eq!(activity["from"]["aadObjectId"], user.aad_object_id.as_str());
+        assert_eq!(
+            activity["serviceUrl"],
+            format!("{}/amer/{}/", emulator.base_url(), user.tenant_id)
+        );
+    }
 }

@@ -15,7 +15,7 @@ use herald_shared::{
 };
 use time::OffsetDateTime;
 
-use crate::enqueue::{Enqueuer, OnConflict, SubmitError};
+use herald_shared::submit::{Enqueuer, OnConflict, SubmitError};
 
 /// The id of an install's `welcome` or `reminder` job: the same for every activity of that
 /// install, different for the next install of the same conversation.

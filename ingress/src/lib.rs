@@ -5,7 +5,6 @@
 //! - [`bot`]: `POST /api/messages`: token validation ([`bot::auth`]), reading activities
 //!   ([`bot::activity`]) and recording them.
 //! - [`api`]: `/v1`, the HTTP API other services use, and its OpenAPI document.
-//! - [`enqueue`]: submitting a job (status record, then confirmed publish), idempotently.
 //! - [`greeting`]: the welcome and reminder queued on install, once per install.
 //! - [`problem`]: the `application/problem+json` error format, and which error is which status.
 //! - [`requests`]: what every request passes through: its span, metrics and server-error log,
@@ -15,7 +14,6 @@
 
 pub mod api;
 pub mod bot;
-pub mod enqueue;
 pub mod greeting;
 pub mod problem;
 pub mod requests;
@@ -28,8 +26,15 @@ use herald_shared::{
     admin::{self, Readiness},
     amqp::{Broker, Publisher, Topology},
     config::IngressConfig,
+    events::Events,
     metrics::{Metrics, Service},
-    store::{ConversationStore, Redis, StatusStore},
+    schedule::Scheduler,
+    store::{
+        ConversationStore, Redis, ScheduleStore, SentStore, StatusStore, TimerStore, UserStore,
+    },
+    submit::Enqueuer,
+    timers::DispatchQueue,
+    webhooks::WebhookStore,
 };
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
@@ -37,8 +42,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     api::{Api, ApiKeys},
-    bot::{BotEndpoint, auth::BotAuthenticator},
-    enqueue::Enqueuer,
+    bot::{BotEndpoint, auth::BotAuthenticator, listen::Listener},
     greeting::Greeter,
 };
 
@@ -54,6 +58,9 @@ pub struct Ingress {
     admin_router: Router,
     /// Stops the broker link; cancelled after the HTTP servers have drained.
     broker_stop: CancellationToken,
+    /// Events told by requests and activities, and the relay of the outbox.
+    events: Events,
+    events_stop: CancellationToken,
     tracker: TaskTracker,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -72,16 +79,24 @@ impl Ingress {
         let broker_stop = CancellationToken::new();
         let redis = Redis::new(&common.redis, common.namespace.clone())?;
         let broker = Broker::start(
-            &common.amqp_url,
+            &common.amqp,
             Topology::new(common.namespace.clone()),
             "herald-ingress",
             broker_stop.clone(),
             &tracker,
         )?;
         let http_client = herald_shared::http_client();
+        let events = Events::new(Publisher::new(broker.clone()), redis.clone());
+        let events_stop = CancellationToken::new();
+        tracker.spawn(events.clone().run(events_stop.clone()));
         let enqueuer = Enqueuer {
             statuses: StatusStore::new(redis.clone(), common.status_ttl),
-            publisher: Publisher::new(broker.clone()),
+            queue: DispatchQueue::new(
+                Publisher::new(broker.clone()),
+                TimerStore::new(redis.clone()),
+            ),
+            users: UserStore::new(redis.clone()),
+            default_time_zone: common.default_time_zone,
         };
         let bot = Arc::new(BotEndpoint {
             authenticator: BotAuthenticator::new(
@@ -92,12 +107,18 @@ impl Ingress {
             ),
             allowlist: common.teams.service_url_allowlist.clone(),
             conversations: ConversationStore::new(redis.clone()),
+            users: UserStore::new(redis.clone()),
             greeter: Greeter {
                 namespace: common.namespace.to_string(),
                 enqueuer: enqueuer.clone(),
                 welcome_text: config.welcome_text.clone(),
                 reminder_text: config.reminder_text.clone(),
                 reminder_delay: config.reminder_delay,
+            },
+            listener: Listener {
+                events: events.clone(),
+                sent: SentStore::new(redis.clone(), common.status_ttl),
+                statuses: StatusStore::new(redis.clone(), common.status_ttl),
             },
         });
         tracker.spawn({
@@ -107,7 +128,18 @@ impl Ingress {
         });
         let api = Arc::new(Api {
             namespace: common.namespace.to_string(),
+            users: UserStore::new(redis.clone()),
+            conversations: ConversationStore::new(redis.clone()),
+            scheduler: Scheduler {
+                store: ScheduleStore::new(redis.clone()),
+                queue: enqueuer.queue.clone(),
+                users: UserStore::new(redis.clone()),
+                default_time_zone: common.default_time_zone,
+            },
             enqueuer,
+            events: events.clone(),
+            webhooks: WebhookStore::new(redis.clone()),
+            webhook_guard: common.webhook_guard.clone(),
             api_keys: ApiKeys::parse(config.api_keys.expose_secret()),
         });
         let metrics = Metrics::new(Service::Ingress);
@@ -125,6 +157,8 @@ impl Ingress {
             router,
             admin_router: admin::router(Readiness::new(redis, broker), metrics),
             broker_stop,
+            events,
+            events_stop,
             tracker,
         })
     }
@@ -156,6 +190,10 @@ impl Ingress {
             })
             .await;
         let _ = admin.await;
+        self.events
+            .settle(std::time::Duration::from_millis(500))
+            .await;
+        self.events_stop.cancel();
         self.broker_stop.cancel();
         self.tracker.close();
         self.tracker.wait().await;

@@ -9,8 +9,10 @@ use std::{fmt, str::FromStr};
 
 use url::Url;
 
+/// One `scheme://host[:port]` pattern. The webhook guard ([`crate::webhooks::guard`]) reads
+/// its allowlist with the same syntax, so both lists are written and matched alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Pattern {
+pub(crate) struct Pattern {
     scheme: String,
     host: HostPattern,
     port: PortPattern,
@@ -21,6 +23,16 @@ enum HostPattern {
     Exact(String),
     /// `*.example.com`: stored as `.example.com`.
     AnySubdomainOf(String),
+    /// A bare `*`: only where the list allows it ([`BareStar::AnyHost`]).
+    Any,
+}
+
+/// Whether a bare `*` may stand for any host. Never for serviceUrls, which are handed the bot
+/// token and so must be named; webhooks go to any public host unless narrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BareStar {
+    Refused,
+    AnyHost,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,25 +62,7 @@ impl ServiceUrlAllowlist {
         if !url.username().is_empty() || url.password().is_some() {
             return false;
         }
-        let Some(host) = url.host_str() else {
-            return false;
-        };
-        let host = host.to_ascii_lowercase();
-        let port = url.port();
-        self.patterns.iter().any(|p| {
-            p.scheme == url.scheme()
-                && match &p.host {
-                    HostPattern::Exact(h) => *h == host,
-                    HostPattern::AnySubdomainOf(suffix) => {
-                        host.ends_with(suffix.as_str()) && host.len() > suffix.len()
-                    }
-                }
-                && match p.port {
-                    PortPattern::Default => port.is_none(),
-                    PortPattern::Any => true,
-                    PortPattern::Exact(n) => url.port_or_known_default() == Some(n),
-                }
-        })
+        self.patterns.iter().any(|p| p.matches(url))
     }
 
     pub fn patterns(&self) -> &[String] {
@@ -84,7 +78,7 @@ impl FromStr for ServiceUrlAllowlist {
         let mut patterns = Vec::new();
         let mut source = Vec::new();
         for raw in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            patterns.push(parse_pattern(raw)?);
+            patterns.push(parse_pattern(raw, "serviceUrl", BareStar::Refused)?);
             source.push(raw.to_owned());
         }
         if patterns.is_empty() {
@@ -100,8 +94,42 @@ impl fmt::Display for ServiceUrlAllowlist {
     }
 }
 
-fn parse_pattern(raw: &str) -> Result<Pattern, String> {
-    let bad = |why: &str| format!("bad serviceUrl pattern {raw:?}: {why}");
+impl Pattern {
+    /// True when `url`'s scheme, host and port match. Credentials are the caller's to refuse.
+    pub(crate) fn matches(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        self.scheme == url.scheme()
+            && match &self.host {
+                HostPattern::Exact(h) => *h == host,
+                HostPattern::AnySubdomainOf(suffix) => {
+                    host.ends_with(suffix.as_str()) && host.len() > suffix.len()
+                }
+                HostPattern::Any => true,
+            }
+            && match self.port {
+                PortPattern::Default => url.port().is_none(),
+                PortPattern::Any => true,
+                PortPattern::Exact(n) => url.port_or_known_default() == Some(n),
+            }
+    }
+
+    /// The host this pattern names exactly, if it has no wildcard host (lowercase; an IPv6
+    /// literal keeps its brackets, as [`Url::host_str`] writes it).
+    pub(crate) fn exact_host(&self) -> Option<&str> {
+        match &self.host {
+            HostPattern::Exact(h) => Some(h),
+            HostPattern::AnySubdomainOf(_) | HostPattern::Any => None,
+        }
+    }
+}
+
+/// Parses one pattern, for this list or the webhook guard's; `what` names the list in errors
+/// ("bad serviceUrl pattern …").
+pub(crate) fn parse_pattern(raw: &str, what: &str, bare_star: BareStar) -> Result<Pattern, String> {
+    let bad = |why: &str| format!("bad {what} pattern {raw:?}: {why}");
     let (scheme, rest) = raw
         .split_once("://")
         .ok_or_else(|| bad("expected scheme://host"))?;
@@ -126,8 +154,12 @@ fn parse_pattern(raw: &str) -> Result<Pattern, String> {
         Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => {
             HostPattern::AnySubdomainOf(format!(".{suffix}"))
         }
+        None if host == "*" && bare_star == BareStar::AnyHost => HostPattern::Any,
         _ if host.is_empty() || host.contains('*') => {
-            return Err(bad("the host must be a name, optionally starting with *."));
+            return Err(bad(match bare_star {
+                BareStar::Refused => "the host must be a name, optionally starting with *.",
+                BareStar::AnyHost => "the host must be *, or a name optionally starting with *.",
+            }));
         }
         _ => HostPattern::Exact(host),
     };
@@ -186,6 +218,7 @@ mod tests {
             "smba.trafficmanager.net",
             "ftp://x",
             "https://*",
+            "https://*:*",
             "https://a.*.com",
             "http://h:port",
         ] {

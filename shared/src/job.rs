@@ -8,11 +8,20 @@
 //! [`Job`] in hand is valid, so nothing downstream validates again.
 
 mod id;
+mod on_action;
+pub mod openapi;
+mod timing;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use self::id::{InvalidJobId, JobId};
+use crate::calendar::{self, NoOpening, RecipientClock};
+
+pub use self::{
+    id::{InvalidJobId, JobId},
+    on_action::{ActionAnswer, Answer, DEFAULT_ANSWER, OnAction},
+    timing::{SendWindow, Timing, ZoneChoice},
+};
 
 /// The AMQP `type` property naming this contract's version. A job may omit it (it is then
 /// taken to be this version); any other value is refused as an unknown version.
@@ -32,7 +41,6 @@ pub const MAX_ACTIVITY_BYTES: usize = 28_000;
 #[serde(rename_all = "camelCase", try_from = "UncheckedJob")]
 #[non_exhaustive]
 pub struct Job {
-    #[schema(value_type = String)]
     pub id: JobId,
     pub to: Target,
     pub message: Message,
@@ -50,6 +58,13 @@ pub struct Job {
         with = "time::serde::rfc3339::option"
     )]
     pub expires_at: Option<OffsetDateTime>,
+    /// The recipient's clock: `deliverAtLocal`, `timeZone`, `window`, `urgent`.
+    #[serde(flatten)]
+    pub timing: Timing,
+    /// What a user sees after pressing an `Action.Execute` button of the message's card, by
+    /// verb (`*`: any other verb); absent: `Thanks, noted.`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_action: Option<OnAction>,
 }
 
 /// Who receives the message.
@@ -67,25 +82,35 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserTarget {
+    #[schema(min_length = 1)]
     pub tenant_id: String,
+    /// The user's Entra object id.
+    #[schema(min_length = 1)]
     pub aad_object_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationTarget {
+    #[schema(min_length = 1)]
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
+    /// The Bot Connector endpoint for the conversation; it must also be allowed by
+    /// `HERALD_SERVICE_URL_ALLOWLIST`, or the job ends `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = openapi::optional_service_url)]
     pub service_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelTarget {
+    #[schema(min_length = 1)]
     pub tenant_id: String,
+    #[schema(min_length = 1)]
     pub team_id: String,
+    #[schema(min_length = 1)]
     pub channel_id: String,
 }
 
@@ -113,7 +138,9 @@ impl Target {
     }
 }
 
-/// A Bot Framework message activity's content.
+/// A Bot Framework message activity's content. It needs `text` or `attachments`; the activity
+/// Herald sends (this object with `"type": "message"`, as JSON) must be at most 28,000 bytes,
+/// Teams' limit.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
@@ -142,7 +169,26 @@ pub enum TextFormat {
 }
 
 impl Message {
-    /// Content present (text or attachments), and small enough for Teams.
+    /// Whether a card of the message has buttons that come back to the bot
+    /// (`Action.Execute`, `Action.Submit`): only then is a press to be tied to it.
+    pub fn has_card_actions(&self) -> bool {
+        fn has(value: &serde_json::Value) -> bool {
+            match value {
+                serde_json::Value::Object(object) => {
+                    matches!(
+                        object.get("type").and_then(serde_json::Value::as_str),
+                        Some("Action.Execute" | "Action.Submit")
+                    ) || object.values().any(has)
+                }
+                serde_json::Value::Array(items) => items.iter().any(has),
+                _ => false,
+            }
+        }
+        self.attachments.iter().any(has)
+    }
+
+    /// Content present (text or attachments), attachments and entities that are objects, and
+    /// small enough for Teams.
     pub fn validate(&self) -> Result<(), JobError> {
         let invalid = |reason: String| {
             Err(JobError::Invalid {
@@ -152,6 +198,17 @@ impl Message {
         };
         if self.text.as_deref().is_none_or(str::is_empty) && self.attachments.is_empty() {
             return invalid("needs text or attachments".into());
+        }
+        for (field, items) in [
+            ("message.attachments", &self.attachments),
+            ("message.entities", &self.entities),
+        ] {
+            if let Some(position) = items.iter().position(|item| !item.is_object()) {
+                return Err(JobError::Invalid {
+                    field,
+                    reason: format!("item {position} is not an object"),
+                });
+            }
         }
         let size = self.to_activity().to_string().len();
         if size > MAX_ACTIVITY_BYTES {
@@ -270,6 +327,10 @@ struct UncheckedJob {
     deliver_at: Option<OffsetDateTime>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     expires_at: Option<OffsetDateTime>,
+    #[serde(flatten)]
+    timing: Timing,
+    #[serde(default)]
+    on_action: Option<OnAction>,
 }
 
 impl TryFrom<UncheckedJob> for Job {
@@ -282,8 +343,19 @@ impl TryFrom<UncheckedJob> for Job {
             job.message,
             job.deliver_at,
             job.expires_at,
-        )
+        )?
+        .with_timing(job.timing)?
+        .with_on_action(job.on_action)
     }
+}
+
+/// The shape a serviceUrl must have to be tried at all (the dispatcher then parses it and checks
+/// it against the allowlist): the documented [`openapi::SERVICE_URL_PATTERN`], checked without
+/// a regular expression engine.
+fn is_service_url(url: &str) -> bool {
+    url.strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_graphic()))
 }
 
 impl Job {
@@ -313,6 +385,16 @@ impl Job {
             Target::Conversation(c) if c.id.is_empty() => {
                 return invalid("to.conversation.id", "is empty");
             }
+            Target::Conversation(c)
+                if c.service_url
+                    .as_deref()
+                    .is_some_and(|url| !is_service_url(url)) =>
+            {
+                return invalid(
+                    "to.conversation.serviceUrl",
+                    "must be an http:// or https:// URL without spaces",
+                );
+            }
             Target::Channel(c)
                 if c.tenant_id.is_empty() || c.team_id.is_empty() || c.channel_id.is_empty() =>
             {
@@ -332,7 +414,29 @@ impl Job {
             message,
             deliver_at,
             expires_at,
+            timing: Timing::default(),
+            on_action: None,
         })
+    }
+
+    /// The same job, answering presses of its card's buttons as `on_action` says.
+    pub fn with_on_action(self, on_action: Option<OnAction>) -> Result<Self, JobError> {
+        if let Some(on_action) = &on_action {
+            on_action.validate()?;
+        }
+        Ok(Self { on_action, ..self })
+    }
+
+    /// The same job, its send decided by the recipient's clock as `timing` says. Refused
+    /// when it names a local due time as well as `deliverAt`.
+    pub fn with_timing(self, timing: Timing) -> Result<Self, JobError> {
+        if timing.deliver_at_local.is_some() && self.deliver_at.is_some() {
+            return Err(JobError::Invalid {
+                field: "deliverAtLocal",
+                reason: "cannot be given with deliverAt (one due time or the other)".into(),
+            });
+        }
+        Ok(Self { timing, ..self })
     }
 
     /// Parses a job body (as published over AMQP), checking it.
@@ -354,13 +458,41 @@ impl Job {
             "deliverAt": self.deliver_at.map(|t| t.unix_timestamp_nanos().to_string()),
             "expiresAt": self.expires_at.map(|t| t.unix_timestamp_nanos().to_string()),
         });
+        // Only when there is any, so that a job without local-time fields hashes as it did
+        // before they existed (a request repeated across an upgrade is still the same).
+        let mut content = content;
+        if self.timing != Timing::default() {
+            content["timing"] = serde_json::json!(self.timing);
+        }
+        if let Some(on_action) = &self.on_action {
+            content["onAction"] = serde_json::json!(on_action);
+        }
         let digest = Sha256::digest(content.to_string().as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// When the job is due: `deliverAt`, or now.
-    pub fn due(&self, now: OffsetDateTime) -> OffsetDateTime {
-        self.deliver_at.unwrap_or(now)
+    /// When the job may be sent, by `recipient`'s clock: its due time (`deliverAt`, or
+    /// `deliverAtLocal` in its zone; now when absent or past), moved to the next opening of
+    /// its window and, unless it is urgent, past the recipient's quiet hours.
+    pub fn send_time(
+        &self,
+        now: OffsetDateTime,
+        recipient: &RecipientClock,
+    ) -> Result<OffsetDateTime, NoOpening> {
+        let due = self
+            .deliver_at
+            .or_else(|| self.timing.local_due(recipient.zone))
+            .map_or(now, |due| due.max(now));
+        let mut windows = Vec::with_capacity(2);
+        windows.extend(self.timing.window_in(recipient.zone));
+        if !self.timing.urgent {
+            windows.extend(
+                recipient
+                    .quiet_hours
+                    .map(|quiet| quiet.awake(recipient.zone)),
+            );
+        }
+        calendar::first_opening(due, &windows)
     }
 
     pub fn is_expired(&self, now: OffsetDateTime) -> bool {
@@ -371,6 +503,30 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_card_with_buttons_that_come_back_has_card_actions() {
+        let with = |attachments: serde_json::Value| Message {
+            attachments: serde_json::from_value(attachments).unwrap(),
+            ..Message::text("x")
+        };
+        assert!(!Message::text("plain").has_card_actions());
+        let card = |action: &str| {
+            serde_json::json!([{"contentType": "application/vnd.microsoft.card.adaptive", "content": {
+                "type": "AdaptiveCard",
+                "body": [{"type": "ActionSet", "actions": [{"type": action, "title": "Go"}]}]
+            }}])
+        };
+        assert!(
+            with(card("Action.Execute")).has_card_actions(),
+            "nested in an ActionSet"
+        );
+        assert!(with(card("Action.Submit")).has_card_actions());
+        assert!(
+            !with(card("Action.OpenUrl")).has_card_actions(),
+            "a link goes elsewhere"
+        );
+    }
 
     #[test]
     fn the_design_example_parses_and_round_trips() {
@@ -416,6 +572,24 @@ mod tests {
                 r#"{"id":"a","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{"text":"x"},
                    "deliverAt":"2026-11-25T10:00:00Z","expiresAt":"2026-11-25T09:00:00Z"}"#,
                 "expiresAt",
+            ),
+            (
+                r#"{"id":"a","to":{"conversation":{"id":"c","serviceUrl":"smba.trafficmanager.net/amer/"}},"message":{"text":"x"}}"#,
+                "serviceUrl: must be an http:// or https:// URL",
+            ),
+            (
+                r#"{"id":"a","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{"attachments":[{},"card"]}}"#,
+                "message.attachments: item 1 is not an object",
+            ),
+            (
+                r#"{"id":"a","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{"text":"x","entities":[1]}}"#,
+                "message.entities: item 0",
+            ),
+            // A target names exactly one kind of recipient: a second key is refused, not
+            // ignored (the documents say `additionalProperties: false` for it).
+            (
+                r#"{"id":"a","to":{"user":{"tenantId":"t","aadObjectId":"u"},"note":1},"message":{"text":"x"}}"#,
+                "not a valid job",
             ),
         ];
         for (body, expected) in cases {

@@ -3,28 +3,48 @@
 //! # Layout
 //! - [`config`]: configuration from the environment, validated once; [`cloud`] presets and the
 //!   serviceUrl [`allowlist`].
+//! - [`calendar`]: the recipient's clock: IANA zones, wall-clock times and their DST rules,
+//!   weekly windows (send windows, quiet hours).
 //! - [`job`]: the job contract other services publish (the one place its shape is defined),
-//!   checked once as it is parsed; job ids and their three schemes; the internal change types.
+//!   checked once as it is parsed; job ids and their three schemes; the internal change types;
+//!   its OpenAPI schemas completed with the rules derive cannot state ([`job::openapi`]).
 //! - [`amqp`]: the RabbitMQ topology (every name and argument), the reconnecting broker link,
 //!   the confirmed publisher, the bookkeeping headers (read once into a `Bookkeeping`) and
 //!   queue depths.
-//! - [`store`]: Redis stores for conversation references and job status records, and the
-//!   namespaced connection the dispatcher's pacer builds on.
+//! - [`store`]: Redis stores for conversation references, job status records and timers, and
+//!   the namespaced connection the dispatcher's pacer builds on.
+//! - [`submit`]: submitting a job (status record, then confirmed publish or timer),
+//!   idempotently: the ingress's requests and greetings, the dispatcher's schedule occurrences.
+//! - [`events`]: the CloudEvents Herald publishes to `{ns}.events` after the changes they
+//!   report, with a Redis outbox so a crash in between loses none.
+//! - [`schedule`]: recurring schedules: RRULEs expanded on the wall clock, one job per
+//!   occurrence.
+//! - [`timers`]: the way into the dispatch queue, now or when due: waits parked in Redis, and
+//!   the pump that publishes them when they are due.
 //! - [`telemetry`]: logs (JSON lines, with their own span field formatter) and traces;
 //!   [`metrics`]: the Prometheus metrics; [`error`]: an error written with its causes
 //!   ([`error::Chain`]), for logs and recorded texts.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`).
+//! - [`webhooks`]: webhook deliveries' Standard Webhooks signatures, and the guard deciding
+//!   which URLs they may be posted to (no private, loopback or link-local addresses unless
+//!   allowlisted).
 
 pub mod admin;
 pub mod allowlist;
 pub mod amqp;
+pub mod calendar;
 pub mod cloud;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod job;
 pub mod metrics;
+pub mod schedule;
 pub mod store;
+pub mod submit;
 pub mod telemetry;
+pub mod timers;
+pub mod webhooks;
 
 /// Why a service could not be wired up at start (both services build the same way).
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub delivery_lateness: Histogram,
     /// Dispatcher: messages waiting in a queue (`dispatch`, `dead`).
     pub queue_messages: Family<Labels, Gauge>,
+    /// Dispatcher: messages parked in Redis until due (sampled).
+    pub timers_waiting: Gauge,
+    /// Dispatcher: how long after its due time a timer was claimed for publishing.
+    pub timer_lag: Histogram,
     pub token_refreshes: Counter,
     /// Dispatcher: acknowledgement frames sent to RabbitMQ (`multiple`, `single`, `requeue`);
     /// deliveries per `multiple` frame is what batching saves the broker.
@@ -76,6 +80,8 @@ impl Metrics {
             pacing_waits: Family::default(),
             delivery_lateness: histogram(),
             queue_messages: Family::default(),
+            timers_waiting: Gauge::default(),
+            timer_lag: histogram(),
             token_refreshes: Counter::default(),
             ack_frames: Family::default(),
             deliveries_settled: Counter::default(),
@@ -118,6 +124,17 @@ impl Metrics {
                     "queue_messages",
                     "Messages waiting in a queue",
                     m.queue_messages.clone(),
+                );
+                registry.register(
+                    "timers_waiting",
+                    "Messages parked in Redis until due",
+                    m.timers_waiting.clone(),
+                );
+                registry.register_with_unit(
+                    "timer_lag",
+                    "Claimed minus due, for messages parked until due",
+                    Unit::Seconds,
+                    m.timer_lag.clone(),
                 );
                 registry.register(
                     "token_refreshes",

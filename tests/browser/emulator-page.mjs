@@ -1,6 +1,7 @@
 // The emulator's page in a real browser, as a person uses it: open the page, click Install,
-// see the bot's welcome appear at once and the reminder after the configured delay, and keep a
-// full-page screenshot of the chat.
+// see the bot's welcome appear at once and the reminder after the configured delay, see the page
+// send the bot a read receipt for the reminder once it has been on screen, and keep a full-page
+// screenshot of the chat.
 //
 //   node emulator-page.mjs <page-url> <screenshot.png>
 //
@@ -115,6 +116,41 @@ try {
       throw new Error(`the bot's messages on the page are ${JSON.stringify(texts)}`);
     }
   });
+  // Reading: once the reminder has been on screen for about a second, the page sends Teams' read
+  // receipt naming it (once per new message); the emulator's inspection API shows what reached
+  // the bot.
+  await step("see a read receipt for the reminder reach the bot", async () => {
+    const origin = new URL(url).origin;
+    const get = async (path) => {
+      const response = await fetch(origin + path);
+      if (!response.ok) throw new Error(`${path} answered ${response.status}`);
+      return response.json();
+    };
+    const conversations = await get("/_emulator/conversations");
+    const chat = conversations.find((c) => c.kind === "personal" && c.user && c.user.aadObjectId === user);
+    if (!chat) throw new Error("the emulator knows no personal chat of the page's user");
+    const path = `/_emulator/conversations/${encodeURIComponent(chat.id)}`;
+    const sent = await get(`${path}/activities`);
+    const newest = sent[sent.length - 1].id;
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      const inbound = await get(`${path}/inbound`);
+      const read = inbound
+        .filter((i) => i.activity.type === "event" && i.activity.name === "application/vnd.microsoft.readReceipt")
+        .map((i) => ({ id: i.activity.value && i.activity.value.lastReadMessageId, status: i.status }));
+      const ids = read.map((r) => Number(r.id));
+      if (ids.some((id, n) => n > 0 && !(id > ids[n - 1]))) {
+        throw new Error(`read receipts repeat or go back: ${JSON.stringify(read)}`);
+      }
+      const last = read[read.length - 1];
+      if (last && last.id === newest) {
+        log(`read receipts ${JSON.stringify(read)}`);
+        return;
+      }
+      if (Date.now() > deadline) throw new Error(`none names ${newest}: ${JSON.stringify(read)}`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  });
   await step("no script errors on the page", async () => {
     if (pageErrors.length) throw new Error(pageErrors.join("; "));
   });
@@ -140,4 +176,4 @@ if (failure) {
   if (pageErrors.length) console.error(`emulator-page: script errors on the page: ${pageErrors.join("; ")}`);
   process.exit(1);
 }
-log("the welcome and the reminder appeared on the page");
+log("the welcome and the reminder appeared on the page, and the page told the bot they were read");

@@ -3,6 +3,7 @@
 //! each test in its own namespace, cleaned up afterwards (even when the test panics).
 
 pub mod proxy;
+pub mod rabbit_cluster;
 
 use std::{
     future::Future,
@@ -331,6 +332,20 @@ impl ApiClient {
         self.send(request).await
     }
 
+    /// Any call under `/v1` (`path` without the prefix), with a JSON body or none.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request).await
+    }
+
     /// Posts a raw body (for malformed-input tests).
     pub async fn create_raw(&self, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
         let request = self
@@ -358,6 +373,28 @@ impl ApiClient {
         self.send(
             self.http
                 .patch(format!("{}/notifications/{id}", self.base))
+                .json(body),
+        )
+        .await
+    }
+
+    pub async fn get_user(&self, tenant_id: &str, aad_object_id: &str) -> (u16, serde_json::Value) {
+        self.send(
+            self.http
+                .get(format!("{}/users/{tenant_id}/{aad_object_id}", self.base)),
+        )
+        .await
+    }
+
+    pub async fn patch_user(
+        &self,
+        tenant_id: &str,
+        aad_object_id: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.send(
+            self.http
+                .patch(format!("{}/users/{tenant_id}/{aad_object_id}", self.base))
                 .json(body),
         )
         .await
@@ -458,6 +495,61 @@ where
     true
 }
 
+/// The most of these times in any window of `window` (sends in Teams' sliding windows).
+pub fn busiest(times: &[time::OffsetDateTime], window: Duration) -> usize {
+    let mut times = times.to_vec();
+    times.sort();
+    let window = time::Duration::try_from(window).expect("a window fits time's range");
+    (0..times.len())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t - times[i] < window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The longest silence after `since` among these times: from `since` to the first of them
+/// after it, or between two of them (how long a failure at `since` held sending up; sends in
+/// flight at that moment still land, so the first gap alone would say too little).
+pub fn longest_pause(
+    since: time::OffsetDateTime,
+    times: &[time::OffsetDateTime],
+) -> time::Duration {
+    let mut after: Vec<_> = times.iter().copied().filter(|t| *t >= since).collect();
+    after.sort();
+    std::iter::once(since)
+        .chain(after.iter().copied())
+        .zip(after.iter().copied())
+        .map(|(a, b)| b - a)
+        .max()
+        .unwrap_or(time::Duration::ZERO)
+}
+
+/// A Herald binary as a process of its own, with the configuration `env` (and nothing from
+/// this process's environment), killed when dropped; its logs reach the test's output when
+/// `RUST_LOG` is set.
+pub fn service_command(name: &str, env: &Env) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary(name));
+    command
+        .env_clear()
+        .envs(env.vars())
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or("warn".into()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(if std::env::var_os("RUST_LOG").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .kill_on_drop(true);
+    command
+}
+
 /// A fixture payload from `tests/fixtures/`.
 pub fn fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -539,6 +631,78 @@ impl Drop for NamespaceGuard {
     }
 }
 
+/// A `redis-server` of the test's own on `port` (loopback, no snapshots), with `extra`
+/// arguments, once it accepts connections. The caller stops it (kill, then wait).
+pub fn redis_server(
+    port: u16,
+    extra: &[&str],
+    dir: Option<&std::path::Path>,
+) -> std::process::Child {
+    let mut command = std::process::Command::new("redis-server");
+    command
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null());
+    if let Some(dir) = dir {
+        command.arg("--dir").arg(dir);
+    }
+    let child = command.spawn().expect("redis-server starts");
+    wait_for_port(port);
+    child
+}
+
+/// Waits (up to 5 s) until something accepts connections on the loopback `port`.
+pub fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {port}");
+}
+
+/// A broker link of the test's own to `nodes` (one URL or a comma-separated list) for
+/// `namespace`, once it is up; it stops with `stop`.
+pub async fn broker_link(
+    nodes: &str,
+    namespace: &str,
+    stop: &CancellationToken,
+) -> herald_shared::amqp::Broker {
+    let nodes: herald_shared::config::AmqpNodes = nodes.parse().unwrap();
+    let broker = herald_shared::amqp::Broker::start(
+        &nodes,
+        Topology::new(namespace.parse::<Namespace>().unwrap()),
+        "herald-tests",
+        stop.clone(),
+        &tokio_util::task::TaskTracker::new(),
+    )
+    .unwrap();
+    wait_until("the broker link", Duration::from_secs(20), || async {
+        broker.is_ready()
+    })
+    .await;
+    broker
+}
+
+/// The ready messages and consumers of `queue` on this machine's RabbitMQ (for failure
+/// reports).
+pub async fn queue_depth_of(queue: &str) -> anyhow::Result<herald_shared::amqp::QueueDepth> {
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let depth = herald_shared::amqp::queue_depth(&channel, queue).await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(depth)
+}
+
 pub async fn delete_namespace(namespace: &str) -> anyhow::Result<()> {
     let topology = Topology::new(namespace.parse::<Namespace>().map_err(anyhow::Error::msg)?);
     let connection =
@@ -595,9 +759,19 @@ pub async fn publish_typed(
     messages: &[(String, Vec<u8>)],
     kind: Option<&str>,
 ) -> anyhow::Result<()> {
+    publish_to(&amqp_url(), namespace, messages, kind).await
+}
+
+/// [`publish_typed`] through the RabbitMQ node at `node_url` (a node of a test's own cluster).
+pub async fn publish_to(
+    node_url: &str,
+    namespace: &str,
+    messages: &[(String, Vec<u8>)],
+    kind: Option<&str>,
+) -> anyhow::Result<()> {
     let topology = Topology::new(namespace.parse::<Namespace>().map_err(anyhow::Error::msg)?);
     let connection =
-        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+        lapin::Connection::connect(node_url, lapin::ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(lapin::options::ConfirmSelectOptions::default())

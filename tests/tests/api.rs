@@ -506,9 +506,19 @@ async fn the_openapi_document_covers_exactly_the_routes() {
         operations,
         [
             "DELETE /v1/notifications/{id}",
+            "DELETE /v1/schedules/{id}",
+            "DELETE /v1/webhooks/{id}",
             "GET /v1/notifications/{id}",
+            "GET /v1/schedules/{id}",
+            "GET /v1/users/{tenantId}/{aadObjectId}",
+            "GET /v1/webhooks",
+            "GET /v1/webhooks/{id}/attempts",
             "PATCH /v1/notifications/{id}",
-            "POST /v1/notifications"
+            "PATCH /v1/schedules/{id}",
+            "PATCH /v1/users/{tenantId}/{aadObjectId}",
+            "POST /v1/notifications",
+            "POST /v1/schedules",
+            "POST /v1/webhooks"
         ]
     );
     // Each documented operation is routed: it answers with the API's own responses (a problem
@@ -516,7 +526,13 @@ async fn the_openapi_document_covers_exactly_the_routes() {
     let http = reqwest::Client::new();
     for operation in &operations {
         let (method, path) = operation.split_once(' ').unwrap();
-        let url = format!("{}{}", stack.ingress_url, path.replace("{id}", "some-id"));
+        let url = format!(
+            "{}{}",
+            stack.ingress_url,
+            path.replace("{id}", "some-id")
+                .replace("{tenantId}", "some-tenant")
+                .replace("{aadObjectId}", "some-user")
+        );
         let response = http
             .request(method.parse().unwrap(), &url)
             .bearer_auth(herald_tests::API_KEY)
@@ -536,14 +552,28 @@ async fn the_openapi_document_covers_exactly_the_routes() {
             response.status()
         );
         // Every documented error is a problem document.
-        let responses = &document["paths"][path][method.to_lowercase()]["responses"];
-        for (code, answer) in responses.as_object().unwrap() {
+        let described = &document["paths"][path][method.to_lowercase()];
+        let responses = described["responses"].as_object().unwrap();
+        for (code, answer) in responses {
             if code.starts_with('4') || code.starts_with('5') {
                 assert!(
                     answer["content"]["application/problem+json"].is_object(),
                     "{operation} {code}"
                 );
             }
+        }
+        // And every answer the layers around the handlers can give is documented: any call
+        // can be refused its key or time out (503); a body can be malformed, too large or not
+        // JSON.
+        let mut answers = vec!["401", "503"];
+        if described["requestBody"].is_object() {
+            answers.extend(["400", "413", "415"]);
+        }
+        for code in answers {
+            assert!(
+                responses.contains_key(code),
+                "{operation} does not document {code}"
+            );
         }
     }
     stack.stop().await;

@@ -1,6 +1,6 @@
-//! The AMQP contract other services publish to: the JSON Schema in `schemas/` and the Rust
-//! types agree both ways, and a service in another language (Python, pika) publishes a job
-//! that Herald delivers.
+//! The AMQP contract other services publish to: the JSON Schema in `schemas/`, the OpenAPI
+//! document's schema of the same body and the Rust types agree both ways, and a service in
+//! another language (Python, pika) publishes a job that Herald delivers.
 
 use std::time::Duration;
 
@@ -19,6 +19,21 @@ fn schema() -> jsonschema::Validator {
         .should_validate_formats(true)
         .build(&schema)
         .expect("the schema is a valid JSON Schema")
+}
+
+/// The OpenAPI document's schema of a `POST /v1/notifications` body, resolved within the
+/// document's components.
+fn openapi_schema() -> jsonschema::Validator {
+    let document = serde_json::to_value(herald_ingress::api::openapi()).unwrap();
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": "#/components/schemas/NotificationRequest",
+        "components": document["components"],
+    });
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("the OpenAPI schemas are valid JSON Schema")
 }
 
 fn schema_errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
@@ -115,12 +130,83 @@ fn jobs_herald_writes_are_schema_valid() {
     }
 }
 
-#[test]
-fn what_the_schema_refuses_herald_refuses_too() {
-    let validator = schema();
+/// Bodies every rule admits, each with an id (which only the AMQP contract requires).
+fn valid_bodies() -> Vec<Value> {
     let user = json!({"user": {"tenantId": "t", "aadObjectId": "u"}});
-    let invalid = [
-        json!({"to": user, "message": {"text": "no id"}}),
+    vec![
+        json!({"id": "a", "to": user, "message": {"text": "x"}}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "someFutureField": [1]}),
+        json!({"id": "a", "to": user, "message": {"attachments": [{"contentType": "x"}], "text": null}}),
+        json!({"id": "a", "to": user, "message": {"text": "x", "textFormat": null, "summary": null},
+               "deliverAt": null, "expiresAt": null}),
+        json!({"id": "a", "to": {"user": {"tenantId": "t", "aadObjectId": "u", "upn": "ignored"}},
+               "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"conversation": {"id": "c", "tenantId": null, "serviceUrl": null}},
+               "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"conversation": {"id": "c", "serviceUrl": "http://127.0.0.1:3979/teams/"}},
+               "message": {"text": "x"}}),
+        json!({"id": "~!", "to": {"channel": {"tenantId": "t", "teamId": "19:t", "channelId": "19:c"}},
+               "message": {"text": "x", "entities": [{"type": "mention"}]},
+               "deliverAt": "2026-11-25T09:00:00+01:00", "expiresAt": "2026-11-25T10:00:00.5Z"}),
+        json!({"id": "a", "to": user, "message": {"text": "x"},
+               "deliverAtLocal": "2026-12-07T09:00", "timeZone": "recipient"}),
+        json!({"id": "a", "to": user, "message": {"text": "x"},
+               "deliverAtLocal": "2028-02-29T23:59:59", "timeZone": "Pacific/Auckland",
+               "window": {"from": "22:00", "to": "06:00", "days": ["fri", "sat"], "timeZone": "recipient"},
+               "urgent": true}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "deliverAt": null,
+               "deliverAtLocal": null, "timeZone": null, "window": null, "urgent": null}),
+        json!({"id": "a", "to": user, "message": {"text": "x"},
+               "window": {"from": "09:00", "to": "17:00", "days": null, "timeZone": null}}),
+    ]
+}
+
+/// Bodies Herald refuses for a rule between fields, or a value, that the schemas state in
+/// prose only, each with the field the refusal names.
+fn refused_by_prose() -> Vec<(Value, &'static str)> {
+    let user = json!({"user": {"tenantId": "t", "aadObjectId": "u"}});
+    vec![
+        (
+            json!({"id": "a", "to": user, "message": {"text": "x"}, "deliverAtLocal": "2026-12-07T09:00"}),
+            "timeZone",
+        ),
+        (
+            json!({"id": "a", "to": user, "message": {"text": "x"}, "deliverAtLocal": "2026-12-07T09:00",
+                "timeZone": "UTC", "deliverAt": "2026-12-07T09:00:00Z"}),
+            "deliverAtLocal",
+        ),
+        (
+            json!({"id": "a", "to": user, "message": {"text": "x"}, "deliverAtLocal": "2026-02-30T09:00",
+                "timeZone": "UTC"}),
+            "deliverAtLocal",
+        ),
+        (
+            json!({"id": "a", "to": user, "message": {"text": "x"}, "timeZone": "Mars/Olympus"}),
+            "timeZone",
+        ),
+        (
+            json!({"id": "a", "to": user, "message": {"text": "x"}, "window": {"from": "09:00", "to": "09:00"}}),
+            "window",
+        ),
+    ]
+}
+
+#[test]
+fn herald_refuses_what_the_schemas_say_in_prose_naming_the_field() {
+    for (instance, field) in refused_by_prose() {
+        let error = Job::from_slice(instance.to_string().as_bytes())
+            .expect_err(&format!("Herald accepts {instance}"))
+            .to_string();
+        assert!(error.contains(&format!("{field}:")), "{instance}: {error}");
+    }
+}
+
+/// Bodies the schemas refuse, and Herald with them. (Herald also refuses what JSON Schema
+/// cannot say, so no schema refuses it: an `expiresAt` not after `deliverAt`, a message over
+/// 28,000 bytes as an activity.)
+fn invalid_bodies() -> Vec<Value> {
+    let user = json!({"user": {"tenantId": "t", "aadObjectId": "u"}});
+    vec![
         json!({"id": "", "to": user, "message": {"text": "x"}}),
         json!({"id": "a", "to": {"pigeon": {}}, "message": {"text": "x"}}),
         json!({"id": "a", "to": {"user": {"aadObjectId": "u"}}, "message": {"text": "x"}}),
@@ -131,8 +217,39 @@ fn what_the_schema_refuses_herald_refuses_too() {
         json!({"id": "a", "to": user, "message": {"text": "x", "textFormat": "html"}}),
         json!({"id": "a", "to": user, "message": {"text": "x"}, "deliverAt": "tomorrow"}),
         json!({"id": "a", "to": {"channel": {"tenantId": "t", "teamId": "x"}}, "message": {"text": "x"}}),
-    ];
-    for instance in invalid {
+        json!({"id": "a b", "to": user, "message": {"text": "x"}}),
+        json!({"id": "a".repeat(129), "to": user, "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"tenantId": "t", "aadObjectId": "u"}, "note": 1}, "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"conversation": {"id": "c", "serviceUrl": "smba.trafficmanager.net/amer/"}},
+               "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"conversation": {"id": "c", "serviceUrl": "https://a b/"}},
+               "message": {"text": "x"}}),
+        json!({"id": "a", "to": user, "message": {"text": null}}),
+        json!({"id": "a", "to": user, "message": {"text": "", "attachments": []}}),
+        json!({"id": "a", "to": user, "message": {"attachments": ["card"]}}),
+        json!({"id": "a", "to": user, "message": {"text": "x", "entities": [1]}}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "deliverAt": ""}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "expiresAt": 1}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "deliverAtLocal": "2026-12-07 09:00",
+               "timeZone": "UTC"}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "deliverAtLocal": "2026-12-07T09:00Z",
+               "timeZone": "UTC"}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "timeZone": 5}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "window": {"from": "9:00", "to": "17:00"}}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "window": {"from": "09:00"}}),
+        json!({"id": "a", "to": user, "message": {"text": "x"},
+               "window": {"from": "09:00", "to": "17:00", "days": ["funday"]}}),
+        json!({"id": "a", "to": user, "message": {"text": "x"}, "urgent": "yes"}),
+    ]
+}
+
+#[test]
+fn what_the_schema_refuses_herald_refuses_too() {
+    let validator = schema();
+    // A job needs its id; a request to `/v1` does not (Herald names the job).
+    let without_id =
+        json!({"to": {"user": {"tenantId": "t", "aadObjectId": "u"}}, "message": {"text": "x"}});
+    for instance in invalid_bodies().into_iter().chain([without_id]) {
         assert!(
             !schema_errors(&validator, &instance).is_empty(),
             "the schema accepts {instance}"
@@ -187,4 +304,31 @@ async fn a_python_service_publishes_a_job_that_herald_delivers() {
         "{texts:?}"
     );
     stack.stop().await;
+}
+
+#[test]
+fn the_openapi_document_and_the_job_schema_say_the_same() {
+    let (amqp, openapi) = (schema(), openapi_schema());
+    for instance in valid_bodies() {
+        for (name, validator) in [
+            ("the job schema", &amqp),
+            ("the OpenAPI document", &openapi),
+        ] {
+            let errors = schema_errors(validator, &instance);
+            assert!(errors.is_empty(), "{name} refuses {instance}: {errors:?}");
+        }
+        Job::from_slice(instance.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("Herald refuses {instance}: {e}"));
+    }
+    for instance in invalid_bodies() {
+        for (name, validator) in [
+            ("the job schema", &amqp),
+            ("the OpenAPI document", &openapi),
+        ] {
+            assert!(
+                !schema_errors(validator, &instance).is_empty(),
+                "{name} accepts {instance}"
+            );
+        }
+    }
 }

@@ -2,31 +2,21 @@
 //! delivered, and the duplicates (the sends that were in flight when it died, re-sent once
 //! their lease lapsed) number at most the prefetch.
 
-use std::{collections::HashMap, process::Stdio, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use herald_emulator::TeamsUser;
 use herald_shared::job::{Job, Message, Target, UserTarget};
-use herald_tests::{StackOptions, TestStack, binary, publish_raw_many, wait_until};
-use tokio::process::{Child, Command};
+use herald_tests::{StackOptions, TestStack, publish_raw_many, service_command, wait_until};
+use tokio::process::Child;
 
 const JOBS: usize = 300;
 const PREFETCH: usize = 32;
 
 fn spawn_dispatcher(stack: &TestStack) -> Child {
-    let mut command = Command::new(binary("herald-dispatcher"));
+    let mut command = service_command("herald-dispatcher", &stack.env());
     command
-        .env_clear()
-        .envs(stack.env().vars())
         .env("HERALD_ADMIN_ADDR", "127.0.0.1:0")
-        .env("HERALD_PREFETCH", PREFETCH.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(if std::env::var_os("RUST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true);
+        .env("HERALD_PREFETCH", PREFETCH.to_string());
     command.spawn().expect("the dispatcher binary starts")
 }
 

@@ -85,10 +85,10 @@ async fn an_operator_lists_dead_letters_and_redrives_them_safely() {
         },
     )
     .await;
-    let amqp_url = herald_shared::config::SecretUrl::parse(&herald_tests::amqp_url()).unwrap();
+    let amqp: herald_shared::config::AmqpNodes = herald_tests::amqp_url().parse().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let broker = herald_shared::amqp::Broker::start(
-        &amqp_url,
+        &amqp,
         herald_shared::amqp::Topology::new(stack.namespace.parse().unwrap()),
         "test",
         stop.clone(),

@@ -1,6 +1,7 @@
 //! The dispatcher's side of a job's life: early arrivals wait for their time, a delivered job is
-//! never sent twice, Teams' answers are handled by kind, poison messages are set aside, and the
-//! bot token is fetched once and refreshed before it expires.
+//! never sent twice, Teams' answers are handled by kind, poison messages are set aside, the
+//! bot token is fetched once and refreshed before it expires, and a consumer idle after work
+//! starts afresh.
 
 use std::time::{Duration, Instant};
 
@@ -356,6 +357,59 @@ async fn a_change_to_a_job_whose_record_is_corrupt_is_dead_lettered_and_the_cons
 }
 
 /// How many messages wait in the dead-letter queue, without taking them.
+/// A dispatcher that has done work and then has nothing to do restarts its consumer once, on a
+/// new channel: a RabbitMQ fault can leave deliveries stranded on a consumer when a quorum
+/// queue's leader dies (`tests/tests/scale_out.rs` meets it), and they come back only when the
+/// consumer's channel closes. One that stays idle does not restart again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_idle_after_work_is_restarted_once() {
+    let stack = stack_with(StackOptions::default()).await;
+    let queue = Topology::new(stack.namespace.parse().unwrap()).dispatch_queue();
+    let (user, _) = stack.installed_user().await;
+    let job = job_for(&user, "some work");
+    publish_jobs(&stack.namespace, &[&job]).await;
+    wait_for_status(&stack, &job, JobStatus::Delivered).await;
+    let working = consumer_tags(&queue).await;
+    assert_eq!(working.len(), 1, "{working:?}");
+
+    let idle = herald_dispatcher::consumer::RESTART_WHEN_IDLE;
+    wait_until("the consumer to restart", idle * 2, || async {
+        let now = consumer_tags(&queue).await;
+        now.len() == 1 && now != working
+    })
+    .await;
+    let restarted = consumer_tags(&queue).await;
+    let kept = holds_for(idle + Duration::from_secs(2), || async {
+        consumer_tags(&queue).await == restarted
+    })
+    .await;
+    assert!(
+        kept,
+        "an idle consumer that took no work was restarted again"
+    );
+
+    // And it still works.
+    let job = job_for(&user, "more work");
+    publish_jobs(&stack.namespace, &[&job]).await;
+    wait_for_status(&stack, &job, JobStatus::Delivered).await;
+    stack.stop().await;
+}
+
+/// The tags of the consumers of `queue`, from `rabbitmqctl`.
+async fn consumer_tags(queue: &str) -> Vec<String> {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_consumers", "-q", "queue_name", "consumer_tag"])
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .filter(|(name, _)| *name == queue)
+        .map(|(_, tag)| tag.to_owned())
+        .collect()
+}
+
 async fn dead_letter_count(namespace: &str) -> u32 {
     let topology = Topology::new(namespace.parse().unwrap());
     let connection = lapin::Connection::connect(&herald_tests::amqp_url(), Default::default())

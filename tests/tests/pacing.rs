@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use herald_emulator::{Fault, Operation, TeamsUser};
 use herald_shared::job::Job;
-use herald_tests::{StackOptions, TestStack, job_for, publish_jobs, wait_until};
+use herald_tests::{StackOptions, TestStack, busiest, job_for, publish_jobs, wait_until};
 use time::OffsetDateTime;
 
 fn quiet_stack(options: StackOptions) -> StackOptions {
@@ -15,22 +15,6 @@ fn quiet_stack(options: StackOptions) -> StackOptions {
         reminder_delay: Duration::from_secs(3600),
         ..options
     }
-}
-
-/// The most sends in any window of `window` among these times.
-fn busiest(times: &[OffsetDateTime], window: Duration) -> usize {
-    let mut times = times.to_vec();
-    times.sort();
-    let window = time::Duration::try_from(window).unwrap();
-    (0..times.len())
-        .map(|i| {
-            times[i..]
-                .iter()
-                .take_while(|t| **t - times[i] < window)
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,7 +2,7 @@
 //! connections heal by themselves with nothing lost or left unacked, and Redis with an
 //! append-only file keeps everything across a restart.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use herald_emulator::TeamsUser;
 use herald_shared::{
@@ -11,7 +11,8 @@ use herald_shared::{
     store::JobStatus,
 };
 use herald_tests::{
-    StackOptions, TestStack, job_for, proxy::Proxy, publish_jobs, publish_raw, wait_until,
+    StackOptions, TestStack, job_for, proxy::Proxy, publish_jobs, publish_raw, redis_server,
+    wait_until,
 };
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 
@@ -189,29 +190,8 @@ impl DurableRedis {
     }
 
     fn launch(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not come up on {}", self.port);
+        let durable = ["--appendonly", "yes", "--appendfsync", "always"];
+        self.child = Some(redis_server(self.port, &durable, Some(&self.dir)));
     }
 
     /// Stops it the hard way (SIGKILL: no chance to save anything) and starts it again.
@@ -314,5 +294,130 @@ async fn with_an_append_only_file_a_redis_crash_loses_no_reference_or_status() {
     })
     .await;
     assert_eq!(stack.emulator.activities(&conversation).len(), 2);
+    stack.stop().await;
+}
+
+/// 20,000 jobs wait as timers; then every process of the delay machinery is SIGKILLed (both
+/// dispatcher replicas, whose pumps publish due timers) and Redis crashes and comes back from
+/// its append-only file. When they are due, every job is sent once, none early, by two new
+/// replicas side by side.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_jobs_survive_sigkill_of_every_dispatcher_and_a_redis_crash_and_fire_once() {
+    const USERS: usize = 100;
+    const JOBS: usize = 20_000;
+    let port = herald_tests::closed_port().await.port();
+    let dir = std::env::temp_dir().join(format!("herald-aof-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut redis = DurableRedis::start(dir, port);
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    let stack = TestStack::start_with(
+        StackOptions {
+            start_dispatcher: false,
+            rate_limits: false,
+            reminder_delay: Duration::from_secs(3600),
+            ..Default::default()
+        }
+        .with_env("HERALD_REDIS_URL", &redis_url)
+        .with_env("HERALD_TENANT_RATE", "off")
+        .with_env("HERALD_CONVERSATION_RATES", "off"),
+    )
+    .await;
+    let users: Vec<TeamsUser> = (0..USERS).map(|_| TeamsUser::random()).collect();
+    for user in &users {
+        stack.emulator.install(user).await.unwrap();
+    }
+    let dispatchers = || {
+        (0..2)
+            .map(|_| {
+                herald_tests::service_command("herald-dispatcher", &stack.env())
+                    .env("HERALD_ADMIN_ADDR", "127.0.0.1:0")
+                    .spawn()
+                    .expect("the dispatcher starts")
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut first = dispatchers();
+
+    // Due 60 s from now: published straight to the jobs exchange, each is taken early by a
+    // dispatcher, recorded `scheduled` and parked.
+    let due = time::OffsetDateTime::now_utc() + Duration::from_secs(60);
+    let jobs: Vec<Job> = (0..JOBS)
+        .map(|i| {
+            let mut job = job_for(&users[i % USERS], &format!("waited {i}"));
+            job.deliver_at = Some(due);
+            job
+        })
+        .collect();
+    publish_jobs(&stack.namespace, &jobs.iter().collect::<Vec<_>>()).await;
+    let timers = herald_shared::store::TimerStore::new(
+        herald_shared::store::Redis::new(
+            &redis_url.parse().unwrap(),
+            stack.namespace.parse().unwrap(),
+        )
+        .unwrap(),
+    );
+    // Every job parked, and the greetings' reminders too (an hour off).
+    wait_until(
+        "every job to be parked",
+        Duration::from_secs(50),
+        || async { timers.waiting().await.unwrap_or(0) >= (JOBS + USERS) as u64 },
+    )
+    .await;
+    let parked_at = time::OffsetDateTime::now_utc();
+    assert!(
+        parked_at < due,
+        "parking took too long for the test to mean anything"
+    );
+
+    // Every process that moves timers dies without a chance to finish anything, and Redis
+    // crashes and restarts from its append-only file.
+    for dispatcher in &mut first {
+        dispatcher.start_kill().unwrap();
+        dispatcher.wait().await.unwrap();
+    }
+    redis.crash_and_restart();
+    wait_until("Redis to answer again", Duration::from_secs(10), || async {
+        timers.waiting().await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        timers.waiting().await.unwrap(),
+        (JOBS + USERS) as u64,
+        "every timer survived"
+    );
+    let _second = dispatchers();
+
+    let sent = |stack: &TestStack| -> Vec<(String, time::OffsetDateTime)> {
+        users
+            .iter()
+            .flat_map(|u| {
+                stack
+                    .emulator
+                    .activities(&stack.emulator.personal_conversation_id(u))
+            })
+            .filter_map(|a| Some((a.text?, a.received_at)))
+            .filter(|(text, _)| text.starts_with("waited "))
+            .collect()
+    };
+    wait_until("every job to be sent", Duration::from_secs(180), || async {
+        sent(&stack).len() >= JOBS
+    })
+    .await;
+    // A little longer, for a copy that would come late.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = sent(&stack);
+    let mut texts: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
+    texts.sort_unstable();
+    texts.dedup();
+    assert_eq!(texts.len(), JOBS, "every job arrived");
+    assert_eq!(sent.len(), JOBS, "and each once");
+    let early = sent.iter().filter(|(_, at)| *at < due).count();
+    assert_eq!(early, 0, "none before its due time");
+    let last = sent.iter().map(|(_, at)| *at).max().unwrap();
+    eprintln!(
+        "{JOBS} jobs parked in {:.1} s, survived the kills and the Redis crash; the last sent {:.1} s after its due time",
+        (parked_at - (due - Duration::from_secs(60))).as_seconds_f64(),
+        (last - due).as_seconds_f64()
+    );
     stack.stop().await;
 }

@@ -1,5 +1,5 @@
 //! One trace from a caller's request to the Bot Connector call, across both services and a
-//! delay level: the real binaries export their spans over OTLP/HTTP to a collector this test
+//! timer in Redis: the real binaries export their spans over OTLP/HTTP to a collector this test
 //! runs, and the emulator records the `traceparent` header of the send.
 
 use std::{
@@ -114,7 +114,7 @@ async fn wait_ready(what: &str, admin: std::net::SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_callers_trace_runs_through_both_services_and_the_delay_levels_to_teams() {
+async fn a_callers_trace_runs_through_both_services_and_a_timer_to_teams() {
     let collector = Collector::default();
     let collector_url = collector.clone().start().await;
     let emulator = Emulator::start(EmulatorConfig::default(), listener().await)
@@ -149,7 +149,7 @@ async fn a_callers_trace_runs_through_both_services_and_the_delay_levels_to_team
     emulator.install(&user).await.unwrap();
 
     // The caller is in a trace of its own, and asks for a message two seconds from now, so
-    // the job waits in a delay level.
+    // the job waits as a timer.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span_id = "00f067aa0ba902b7";
     let deliver_at = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
@@ -195,10 +195,12 @@ async fn a_callers_trace_runs_through_both_services_and_the_delay_levels_to_team
         "spans from both services",
         Duration::from_secs(15),
         || async {
+            // A parent span ends, and is exported, after its children: wait for every
+            // span the assertions below name, not just the first of each service.
             let spans = collector.spans_of(trace_id);
-            ["herald-ingress", "herald-dispatcher"]
+            ["POST /v1/notifications", "deliver job", "send"]
                 .iter()
-                .all(|service| spans.iter().any(|s| s.service == *service))
+                .all(|name| spans.iter().any(|s| s.name == *name))
                 && spans.iter().any(|s| s.span_id == teams_parent)
         },
     )
@@ -220,7 +222,7 @@ async fn a_callers_trace_runs_through_both_services_and_the_delay_levels_to_team
     assert_eq!(delivery.service, "herald-dispatcher");
     assert_eq!(
         delivery.parent_span_id, request.span_id,
-        "the job carried the request's context through the delay level"
+        "the job carried the request's context through its timer"
     );
     let send = span("send");
     assert_eq!(send.parent_span_id, delivery.span_id);

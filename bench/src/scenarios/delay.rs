@@ -1,5 +1,6 @@
-//! `delay`: jobs with a `deliverAt` between 5 s and 60 s after their publish, through the delay
-//! levels; lateness is the emulator's receive time minus the due time written in the text.
+//! `delay`: jobs with a `deliverAt` between 5 s and 60 s after their publish, parked as timers
+//! in Redis until due; lateness is the emulator's receive time minus the due time written in
+//! the text.
 //! Teams' limits are off, so that only the delay machinery is measured.
 
 use std::time::Duration;

@@ -1,10 +1,15 @@
 //! `dispatch`: jobs to users whose conversations are known, Teams' limits off, end to end
 //! (first publish → last activity received by the emulator), against the broker's own
-//! consume+ack rate for the same bodies.
+//! consume+ack rate for the same bodies. With `--rabbit-nodes 3` it runs on a RabbitMQ
+//! cluster of its own (quorum queues replicated on every node), the dispatchers spread over
+//! the nodes, and each node's CPU measured; `--kill-leader` then SIGKILLs the node leading
+//! `{ns}.dispatch` once half the jobs have arrived, and reports how long sending paused.
 
 use std::time::Duration;
 
 use serde_json::json;
+
+use herald_tests::rabbit_cluster::RabbitCluster;
 
 use crate::{
     amqp::Amqp,
@@ -18,7 +23,8 @@ use crate::{
 
 pub const USAGE: &str =
     "dispatch [--jobs N] [--tenants 500] [--users-per-tenant 100] [--prefetch 1024]
-           [--dispatchers 1] [--latency-ms 0] [--no-ceiling] [--redis-monitor]
+           [--dispatchers 1] [--rabbit-nodes 1 [--kill-leader]] [--latency-ms 0] [--no-ceiling]
+           [--redis-monitor]
            [--perf FILE] [--callgrind FILE] [--massif FILE]";
 
 /// Deliveries per `multiple` ack in the batched-ack ceiling.
@@ -30,6 +36,8 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let jobs: usize = args.value("jobs", tenants * per_tenant)?;
     let prefetch: u16 = args.value("prefetch", herald_shared::config::DEFAULT_PREFETCH)?;
     let dispatchers: usize = args.value("dispatchers", 1)?;
+    let rabbit_nodes: usize = args.value("rabbit-nodes", 1)?;
+    let kill_leader = args.flag("kill-leader");
     let latency_ms: u64 = args.value("latency-ms", 0)?;
     let ceiling = !args.flag("no-ceiling");
     let monitor = args.flag("redis-monitor");
@@ -38,9 +46,21 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let massif: Option<String> = args.optional("massif")?;
     args.finish()?;
     anyhow::ensure!(
-        jobs > 0 && dispatchers > 0,
-        "--jobs and --dispatchers must be positive"
+        jobs > 0 && dispatchers > 0 && rabbit_nodes > 0,
+        "--jobs, --dispatchers and --rabbit-nodes must be positive"
     );
+    anyhow::ensure!(
+        !kill_leader || rabbit_nodes >= 3,
+        "--kill-leader needs a cluster that survives a node: --rabbit-nodes 3 or more"
+    );
+    // One node: this machine's. More: a cluster of the bench's own, started here and removed
+    // when the run ends, however it ends.
+    let mut cluster = if rabbit_nodes > 1 {
+        eprintln!("starting a {rabbit_nodes}-node RabbitMQ cluster");
+        Some(tokio::task::spawn_blocking(move || RabbitCluster::start(rabbit_nodes)).await?)
+    } else {
+        None
+    };
 
     // With fewer jobs than users, only as many users as jobs (one job each).
     let users_needed = jobs.min(tenants * per_tenant);
@@ -51,12 +71,13 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let mut report = Report::new(
         "dispatch",
         format!(
-            "dispatch: {jobs} jobs to {} users in {tenants_needed} tenants, prefetch {prefetch}, {dispatchers} dispatcher(s), Teams latency {latency_ms} ms, limits off",
+            "dispatch: {jobs} jobs to {} users in {tenants_needed} tenants, prefetch {prefetch}, {dispatchers} dispatcher(s), {rabbit_nodes} RabbitMQ node(s), Teams latency {latency_ms} ms, limits off",
             people.len()
         ),
         json!({
             "jobs": jobs, "tenants": tenants_needed, "users": people.len(), "prefetch": prefetch,
-            "dispatchers": dispatchers, "latencyMs": latency_ms, "logLevel": common.log_level,
+            "dispatchers": dispatchers, "rabbitNodes": rabbit_nodes, "latencyMs": latency_ms,
+            "logLevel": common.log_level,
         }),
     );
 
@@ -73,7 +94,10 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
             None,
         ))
     };
-    let amqp = Amqp::connect().await?;
+    let amqp = match &cluster {
+        Some(cluster) => Amqp::connect_to(&cluster.amqp_url(0)).await?,
+        None => Amqp::connect().await?,
+    };
 
     let ceiling_rate = if ceiling {
         eprintln!("broker ceiling: {jobs} bodies through a scratch quorum queue");
@@ -108,12 +132,17 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         None
     };
 
-    let rates = [
-        ("HERALD_TENANT_RATE", "off".to_owned()),
-        ("HERALD_CONVERSATION_RATES", "off".to_owned()),
-        ("HERALD_PREFETCH", prefetch.to_string()),
-    ];
+    let events_queue = amqp.count_events(&bench.namespace).await?;
     for n in 0..dispatchers {
+        let mut settings = vec![
+            ("HERALD_TENANT_RATE", "off".to_owned()),
+            ("HERALD_CONVERSATION_RATES", "off".to_owned()),
+            ("HERALD_PREFETCH", prefetch.to_string()),
+        ];
+        // Dispatcher n tries node n first, so the replicas spread over the cluster.
+        if let Some(cluster) = &cluster {
+            settings.push(("HERALD_AMQP_URL", cluster.amqp_urls_from(n)));
+        }
         // The first dispatcher may run under valgrind: callgrind counts instructions, massif
         // samples the heap.
         let wrapper: Vec<String> = match (&callgrind, &massif, n) {
@@ -133,14 +162,22 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
             .start_wrapped(
                 "herald-dispatcher",
                 &format!("dispatcher-{n}"),
-                &rates,
+                &settings,
                 &wrapper,
             )
             .await?;
     }
-    let services = bench.services().iter();
-    let mut footprint =
-        Footprint::settled(services.map(|s| Subject::process(&s.name, s.pid)).collect()).await;
+    let mut subjects: Vec<Subject> = bench
+        .services()
+        .iter()
+        .map(|s| Subject::process(&s.name, s.pid))
+        .collect();
+    if let Some(cluster) = &cluster {
+        for (k, pid) in cluster.pids().into_iter().enumerate() {
+            subjects.extend(pid.map(|pid| Subject::process(format!("rabbitmq node {k}"), pid)));
+        }
+    }
+    let mut footprint = Footprint::settled(subjects).await;
 
     let stats_before = redis_stats::commandstats().await?;
     let monitor = if monitor {
@@ -152,9 +189,43 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         Some(out) => Some(Profiler::attach(bench.services()[0].pid, out)?),
         None => None,
     };
+    // Asked before the load: rabbitmqctl takes seconds to answer.
+    let leader = match (&cluster, kill_leader) {
+        (Some(cluster), true) => Some(
+            cluster
+                .leader_of(&format!("{}.dispatch", bench.namespace))
+                .ok_or_else(|| anyhow::anyhow!("the dispatch queue has no leader"))?,
+        ),
+        _ => None,
+    };
+    // The leader dies mid-load, so the jobs are published through another node meanwhile.
+    let survivor = match (leader, &cluster) {
+        (Some(leader), Some(cluster)) => {
+            Some(Amqp::connect_to(&cluster.amqp_url(leader + 1)).await?)
+        }
+        _ => None,
+    };
     footprint.start();
     eprintln!("publishing {jobs} jobs");
-    let published = amqp.publish_jobs(&bench.namespace, jobs, make).await?;
+    let publishing = survivor
+        .as_ref()
+        .unwrap_or(&amqp)
+        .publish_jobs(&bench.namespace, jobs, make);
+    let killing = async {
+        match (leader, cluster.as_mut()) {
+            (Some(leader), Some(cluster)) => {
+                bench
+                    .wait_for_sends(jobs / 2, Duration::from_secs(120))
+                    .await?;
+                cluster.kill(leader);
+                eprintln!("killed RabbitMQ node {leader}, the dispatch queue's leader");
+                anyhow::Ok(Some(time::OffsetDateTime::now_utc()))
+            }
+            _ => Ok(None),
+        }
+    };
+    let (published, killed_at) = tokio::join!(publishing, killing);
+    let (published, killed_at) = (published?, killed_at?);
     eprintln!(
         "published in {:.1} s; waiting for deliveries",
         published.took.as_secs_f64()
@@ -220,6 +291,38 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         json!(round(rate, 1)),
         "/s",
     );
+    if let Some(killed_at) = killed_at {
+        let times: Vec<_> = received.iter().map(|(_, at)| *at).collect();
+        let first_after = times
+            .iter()
+            .filter(|at| **at >= killed_at)
+            .min()
+            .map_or(f64::NAN, |at| seconds(killed_at, *at));
+        let longest_pause = herald_tests::longest_pause(killed_at, &times).as_seconds_f64();
+        report.figure(
+            "firstAfterKillSeconds",
+            "leader killed → next delivery",
+            json!(round(first_after, 3)),
+            "s",
+        );
+        report.figure(
+            "longestPauseAfterKillSeconds",
+            "longest pause after the kill",
+            json!(round(longest_pause, 3)),
+            "s",
+        );
+    }
+    // Herald's events of the run (each job's `herald.notification.delivered`, and the
+    // installs'), counted in a queue of the bench's own.
+    let counter = survivor.as_ref().unwrap_or(&amqp);
+    let events = counter.ready(&events_queue).await.unwrap_or(0);
+    counter.delete_queue(&events_queue).await?;
+    report.figure(
+        "eventsPerSecond",
+        "events published per second",
+        json!(round(f64::from(events) / end_to_end, 1)),
+        &format!("/s ({events} events)"),
+    );
     if let Some(ceiling) = ceiling_rate {
         report.figure(
             "ofCeiling",
@@ -264,10 +367,19 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         "jobs",
     );
 
+    // The first connection may have gone with the killed node: ask a survivor.
+    let amqp = match survivor {
+        Some(survivor) => {
+            amqp.close().await;
+            survivor
+        }
+        None => amqp,
+    };
     let ready = amqp.ready(&format!("{}.dispatch", bench.namespace)).await?;
     anyhow::ensure!(ready == 0, "{ready} jobs left in the dispatch queue");
     amqp.close().await;
     bench.finish().await?;
+    drop(cluster);
     Ok(report)
 }
 

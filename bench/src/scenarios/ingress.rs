@@ -1,7 +1,9 @@
 //! `ingress`: three loads at a fixed concurrency, one after the other: signed `/api/messages`
 //! message activities (token check, one Redis upsert each), signed installs (the upsert, then
 //! the welcome and the reminder: a status record and a confirmed publish each), and
-//! `/v1/notifications` (status record, confirmed publish).
+//! `/v1/notifications` (status record, confirmed publish). Alongside the last, users press card
+//! buttons (signed `adaptiveCard/action` invokes, answered while Teams waits), and the presses'
+//! latency is reported on its own.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -25,6 +27,12 @@ pub const USAGE: &str =
 
 /// The loads, in the order they run.
 const LOADS: [&str; 3] = ["messages", "installs", "notifications"];
+
+/// One press for this many notifications, so that the presses last about as long.
+const INVOKES_PER: usize = 10;
+
+/// Presses in flight at once: users, not a service.
+const INVOKE_CONCURRENCY: usize = 4;
 
 /// Requests sent before measuring (the first fetch of the signing keys, connection set-up).
 const WARM_UP: usize = 500;
@@ -110,6 +118,20 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
         .take(requests + WARM_UP)
         .map(|user| signed(bench.emulator.install_activity(user), &user.tenant_id))
         .collect();
+    // Presses of buttons on messages Herald has no record of (no dispatcher runs here): the
+    // same lookup and event as a press on one of its own, answered with the default text.
+    let invokes: Vec<Request> = (0..requests / INVOKES_PER)
+        .map(|i| {
+            let user = &people[i % people.len()];
+            let activity = bench.emulator.card_action_activity(
+                user,
+                &(1_700_000_000_000_u64 + i as u64).to_string(),
+                "ack",
+                json!({"press": i}),
+            );
+            signed(activity, &user.tenant_id)
+        })
+        .collect();
     let notifications: Vec<Request> = (0..requests + WARM_UP)
         .map(|i| {
             let user = &people[i % people.len()];
@@ -170,10 +192,23 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
             measured.len()
         );
         footprint.start();
-        let run = http_load(&bench.http, Arc::new(measured.to_vec()), concurrency).await;
+        let load_run = http_load(&bench.http, Arc::new(measured.to_vec()), concurrency);
+        let (run, presses) = if load == "notifications" {
+            let pressing = http_load(&bench.http, Arc::new(invokes.clone()), INVOKE_CONCURRENCY);
+            let (run, presses) = tokio::join!(load_run, pressing);
+            (run, Some(presses))
+        } else {
+            (load_run.await, None)
+        };
         let measured_footprint = footprint.finish();
         report.section(name);
         run.report(&mut report, status, what);
+        if let Some(presses) = presses {
+            report.section(&format!(
+                "card button presses alongside, {INVOKE_CONCURRENCY} at a time"
+            ));
+            presses.report(&mut report, 200, "invokes");
+        }
         measured_footprint.report(
             &mut report,
             &format!("footprint during {name}"),

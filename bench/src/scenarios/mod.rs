@@ -3,3 +3,4 @@ pub mod dispatch;
 pub mod emulator;
 pub mod ingress;
 pub mod pacing;
+pub mod park;

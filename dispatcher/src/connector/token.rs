@@ -125,19 +125,25 @@ impl TokenSource {
         *self.cached.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
+    /// The cached token while it needs no refresh.
     fn fresh(&self, now: Instant) -> Option<SecretString> {
-        let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
-        cached
-            .as_ref()
-            .filter(|t| now < t.refresh_at)
-            .map(|t| t.value.clone())
+        self.cached_before(now, |t| t.refresh_at)
     }
 
+    /// The cached token while Teams still accepts it (due for refresh or not).
     fn unexpired(&self, now: Instant) -> Option<SecretString> {
+        self.cached_before(now, |t| t.expires_at)
+    }
+
+    fn cached_before(
+        &self,
+        now: Instant,
+        deadline: fn(&CachedToken) -> Instant,
+    ) -> Option<SecretString> {
         let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
         cached
             .as_ref()
-            .filter(|t| now < t.expires_at)
+            .filter(|t| now < deadline(t))
             .map(|t| t.value.clone())
     }
 

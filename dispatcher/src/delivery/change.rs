@@ -2,6 +2,7 @@
 //! a DELETE of what is gone already), so a redelivered change is simply done again; they
 //! count against Teams' limits like sends, and fail like sends ([`super::failure`]).
 
+use herald_shared::{events::NotificationChanged, store::JobStatus};
 use time::OffsetDateTime;
 
 use super::{
@@ -108,13 +109,25 @@ impl Handler {
         }
     }
 
-    /// The delivered message is deleted: the job ends `cancelled`.
+    /// The delivered message is deleted: the job ends `cancelled`, and that is told (before
+    /// the change is acked: a redelivered change deletes again, finds the record cancelled
+    /// and tells it again).
     async fn retracted(&self, id: &str) -> Result<(), Interrupted> {
         let now = OffsetDateTime::now_utc();
         self.until_done("record the deletion", || {
             self.statuses.mark_retracted(id, now)
         })
         .await?;
+        let record = self
+            .until_done("read the status record", || self.statuses.get(id))
+            .await?;
+        if let Some(event) = record
+            .filter(|r| r.status == JobStatus::Cancelled)
+            .map(|r| NotificationChanged::cancelled(self.events.source(), &r, now))
+        {
+            self.until_done("publish the event", || self.events.publish_unnoted(&event))
+                .await?;
+        }
         tracing::info!("deleted the delivered message");
         Ok(())
     }

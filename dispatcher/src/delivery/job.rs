@@ -1,11 +1,14 @@
-//! Sending a job: wait until it is due, take a turn within Teams' limits, claim the send,
-//! find the target's conversation, call Teams, record the outcome.
+//! Sending a job: wait until the recipient's clock lets it go (its due time, its window, their
+//! quiet hours), take a turn within Teams' limits, claim the send, find the target's
+//! conversation, call Teams, record the outcome.
 
 use std::time::Duration;
 
 use herald_shared::{
-    job::Job,
-    store::{BeginSend, Outcome, StatusRecord},
+    calendar::RecipientClock,
+    events::{CloudEvent, EventType, NotificationChanged},
+    job::{Job, Target},
+    store::{BeginSend, Outcome, Remember, SentMessage, StatusRecord, StoreError},
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -17,11 +20,12 @@ use super::{
 };
 use crate::{
     connector::ConnectorError,
+    pace::PacedSend,
     resolve::{Destination, ResolveError, Unreachable},
 };
 
-/// A job due within this long is waited for here instead of going round the delay levels
-/// again (which work in whole seconds).
+/// A job due within this long is waited for here instead of being parked again: a short wait
+/// in a prefetch slot costs less than a timer's round trip.
 const WAIT_HERE_AT_MOST: Duration = Duration::from_millis(1500);
 
 /// What reached Teams.
@@ -37,45 +41,50 @@ impl Handler {
         job: &Job,
         incoming: &Incoming<'_>,
     ) -> Result<(), Interrupted> {
+        // When the recipient's clock lets it go: its due time (`deliverAt`, or
+        // `deliverAtLocal` in its zone), its window, the recipient's quiet hours. Read afresh
+        // at every arrival, so a zone or quiet hours changed while it waited still count.
+        let clock = self
+            .until_done("read the recipient's clock", || self.recipient_clock(job))
+            .await?;
         let now = OffsetDateTime::now_utc();
-        // Early (a delay rounds down to whole seconds; a retry's backoff is in a header)?
-        let due = job
-            .due(now)
-            .max(incoming.bookkeeping.not_before.unwrap_or(now));
+        let opening = job.send_time(now, &clock);
+        // Early (before its opening, or a retry's backoff or a pacing turn, in a header)?
+        let not_before = incoming.bookkeeping.not_before.unwrap_or(now);
+        let due = opening.as_ref().map_or(now, |at| *at).max(not_before);
         if due > now {
             let wait = Duration::try_from(due - now).unwrap_or_default();
             if wait > WAIT_HERE_AT_MOST {
-                // A job published straight to AMQP with a later `deliverAt` gets its status
-                // record now (`scheduled`), so it can be looked up while it waits.
-                let fresh = StatusRecord {
-                    published: true,
-                    ..StatusRecord::new(&job.id, job.to.clone(), job.deliver_at, now)
-                };
-                // A record that exists already (the ingress made it, or an earlier arrival) stays.
-                let _created_or_existing = self
-                    .until_done("record the job", || self.statuses.create(&fresh))
-                    .await?;
-                tracing::debug!(?wait, "arrived early; delaying again");
+                if due > not_before {
+                    self.record_hold(job, due, now).await?;
+                }
+                tracing::debug!(?wait, "early; waiting for its time");
                 return self.requeue(incoming, wait, Again::AsItWas).await;
             }
             self.sleep(wait).await?;
         }
+        // Its window and the recipient's quiet hours never meet: it can never go.
+        let never = opening.err().map(|never| never.to_string());
 
         // Teams' limits, held across every replica, before anything else is spent on the job:
-        // a job over them costs one script and a publish, so a tenant's backlog cycles
-        // through the delay levels quickly and never stands in front of another tenant's job.
-        let paced = match self
-            .pace(
-                job.to.tenant_id(),
-                &job.to.thread(),
-                incoming.bookkeeping.pace_turn,
-            )
-            .await?
-        {
-            Paced::Go(paced) => paced,
-            Paced::Later { wait, turn } => {
-                tracing::debug!(?wait, "over Teams' limits; waiting for a turn");
-                return self.requeue(incoming, wait, Again::ForTurn(turn)).await;
+        // a job over them costs one script and a timer, so a tenant's backlog waits in Redis
+        // and never stands in front of another tenant's job.
+        let paced = if never.is_some() {
+            PacedSend::default()
+        } else {
+            match self
+                .pace(
+                    job.to.tenant_id(),
+                    &job.to.thread(),
+                    incoming.bookkeeping.pace_turn,
+                )
+                .await?
+            {
+                Paced::Go(paced) => paced,
+                Paced::Later { wait, turn } => {
+                    tracing::debug!(?wait, "over Teams' limits; waiting for a turn");
+                    return self.requeue(incoming, wait, Again::ForTurn(turn)).await;
+                }
             }
         };
 
@@ -94,7 +103,9 @@ impl Handler {
             BeginSend::Finished(status) => {
                 tracing::info!(%status, "job already ended; dropping this copy");
                 self.metrics.job("duplicate");
-                return Ok(());
+                // The handler that ended it may have died before its event was confirmed
+                // (this copy is then the redelivery): tell the end again, under the same id.
+                return self.tell_end_again(&job.id).await;
             }
             BeginSend::Busy { retry_in } => {
                 tracing::info!(
@@ -113,7 +124,15 @@ impl Handler {
             }
         }
         if job.is_expired(now) {
-            return self.finish(&job.id, &owner, Outcome::Expired, 0).await;
+            return self.finish(job, &owner, Outcome::Expired, 0).await;
+        }
+        if let Some(reason) = never {
+            tracing::info!(%reason, "job cannot be delivered");
+            let outcome = Outcome::Failed {
+                reason,
+                conversation_id: None,
+            };
+            return self.finish(job, &owner, outcome, 0).await;
         }
 
         let destination = match lookup? {
@@ -133,7 +152,7 @@ impl Handler {
                     reason: why,
                     conversation_id: None,
                 };
-                return self.finish(&job.id, &owner, outcome, 0).await;
+                return self.finish(job, &owner, outcome, 0).await;
             }
             Err(ResolveError::Teams(error)) => {
                 return self.failed_call(job, incoming, &owner, error, None).await;
@@ -153,6 +172,47 @@ impl Handler {
         // The pacer learns the call is done beside the outcome's record: one round trip.
         let (settled, ()) = tokio::join!(settled, self.note_sent(&paced));
         settled
+    }
+
+    /// The recipient's clock: a user's zone and quiet hours as stored, else the default zone
+    /// (conversations and channels have no one clock).
+    async fn recipient_clock(&self, job: &Job) -> Result<RecipientClock, StoreError> {
+        match &job.to {
+            Target::User(user) => {
+                self.users
+                    .clock(&user.tenant_id, &user.aad_object_id, self.default_time_zone)
+                    .await
+            }
+            _ => Ok(RecipientClock::in_zone(self.default_time_zone)),
+        }
+    }
+
+    /// Records that the job waits until `until` for its time, so that it reads `scheduled`
+    /// with the instant it will go. A job published straight to AMQP gets its record here.
+    async fn record_hold(
+        &self,
+        job: &Job,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), Interrupted> {
+        let fresh = StatusRecord {
+            published: true,
+            ..StatusRecord::new(&job.id, job.to.clone(), Some(until), now)
+        };
+        let existing = self
+            .until_done("record the job", || self.statuses.create(&fresh))
+            .await?;
+        // A record that exists already (the ingress made it, or an earlier arrival) says when
+        // the job goes, unless that has moved (a window, quiet hours, a new zone).
+        if let Err(existing) = existing
+            && existing.deliver_at != Some(until)
+        {
+            self.until_done("record the hold", || {
+                self.statuses.hold(&job.id, until, now)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn send(&self, job: &Job, destination: &Destination) -> Result<Sent, ConnectorError> {
@@ -209,7 +269,7 @@ impl Handler {
             conversation_id: sent.conversation_id,
             activity_id: sent.activity_id,
         };
-        self.finish(&job.id, owner, outcome, 1).await
+        self.finish(job, owner, outcome, 1).await
     }
 
     /// A call to Teams for this job failed (the send, or creating the user's 1:1 chat when
@@ -258,13 +318,13 @@ impl Handler {
                     reason,
                     next_attempt_at,
                 };
-                self.finish(&job.id, owner, outcome, 1).await
+                self.finish(job, owner, outcome, 1).await
             }
             Verdict::GiveUp => {
                 tracing::warn!(%reason, "retries exhausted; dead-lettering");
                 let amqp_headers = incoming.delivery.properties.headers().as_ref();
                 let dead = || {
-                    self.publisher.dead_letter(
+                    self.queue.publisher().dead_letter(
                         Some(&job.id),
                         &incoming.delivery.data,
                         amqp_headers,
@@ -272,21 +332,21 @@ impl Handler {
                     )
                 };
                 self.until_done("dead-letter", dead).await?;
-                self.finish(&job.id, owner, failed(reason), 1).await
+                self.finish(job, owner, failed(reason), 1).await
             }
             // A send is never done by failing.
             Verdict::Fail | Verdict::Done => {
                 tracing::warn!(%reason, gone = decision.conversation_gone, "the job cannot be delivered");
-                self.finish(&job.id, owner, failed(reason), 1).await
+                self.finish(job, owner, failed(reason), 1).await
             }
         }
     }
 
     /// Records the job's outcome (as the lease's `owner`), `attempts_made` calls to Teams
-    /// with it.
+    /// with it, and tells it as an event when it is the job's end.
     async fn finish(
         &self,
-        id: &str,
+        job: &Job,
         owner: &str,
         outcome: Outcome,
         attempts_made: u32,
@@ -298,13 +358,116 @@ impl Handler {
             Outcome::Expired => "expired",
         });
         let now = OffsetDateTime::now_utc();
+        if let Outcome::Delivered {
+            conversation_id,
+            activity_id: Some(activity_id),
+            ..
+        } = &outcome
+        {
+            let sent = SentMessage {
+                notification_id: job.id.to_string(),
+                broadcast_id: None,
+                on_action: job.on_action.clone(),
+            };
+            let what = Remember {
+                personal: is_personal(job, conversation_id),
+                has_actions: job.on_action.is_some() || job.message.has_card_actions(),
+            };
+            self.until_done("remember the sent message", || {
+                self.sent
+                    .remember(conversation_id, activity_id, what, &sent)
+            })
+            .await?;
+        }
         let stored = self
             .until_done("record the outcome", || {
                 self.statuses
-                    .finish(id, owner, &outcome, attempts_made, now)
+                    .finish(&job.id, owner, &outcome, attempts_made, now)
             })
             .await?;
         tracing::debug!(%stored, "outcome recorded");
+        // The end is told before the delivery is acked, so it needs no outbox: if this
+        // process dies first, the redelivered copy finds the job ended and tells it again.
+        if let Some(event) = ended_event(job, &outcome, self.events.source(), now)
+            && stored.as_str() == event_status(&outcome)
+        {
+            self.until_done("publish the event", || self.events.publish_unnoted(&event))
+                .await?;
+        }
         Ok(())
     }
+}
+
+impl Handler {
+    /// Tells the end of job `id` again, from its record: for a copy of a job that had ended,
+    /// whose handler may have died before its event was confirmed.
+    async fn tell_end_again(&self, id: &str) -> Result<(), Interrupted> {
+        let record = self
+            .until_done("read the status record", || self.statuses.get(id))
+            .await?;
+        let now = OffsetDateTime::now_utc();
+        if let Some(event) =
+            record.and_then(|r| NotificationChanged::ended(self.events.source(), &r, now))
+        {
+            self.until_done("publish the event", || self.events.publish_unnoted(&event))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the conversation is a personal chat, where read receipts come from: a user target's,
+/// or one whose id has the personal-chat prefix.
+fn is_personal(job: &Job, conversation_id: &str) -> bool {
+    matches!(job.to, Target::User(_)) || conversation_id.starts_with("a:")
+}
+
+/// The event type an outcome is told by (a retry is not an end, and is not told).
+fn event_type(outcome: &Outcome) -> EventType {
+    match outcome {
+        Outcome::Delivered { .. } => EventType::NotificationDelivered,
+        Outcome::Failed { .. } | Outcome::Retrying { .. } => EventType::NotificationFailed,
+        Outcome::Expired => EventType::NotificationExpired,
+    }
+}
+
+fn event_status(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Delivered { .. } => "delivered",
+        Outcome::Failed { .. } | Outcome::Retrying { .. } => "failed",
+        Outcome::Expired => "expired",
+    }
+}
+
+/// The event telling the job's end, for an outcome that ends it.
+fn ended_event(
+    job: &Job,
+    outcome: &Outcome,
+    source: &str,
+    now: OffsetDateTime,
+) -> Option<CloudEvent> {
+    let (conversation_id, activity_id, last_error) = match outcome {
+        Outcome::Retrying { .. } => return None,
+        Outcome::Delivered {
+            conversation_id,
+            activity_id,
+            ..
+        } => (Some(conversation_id.clone()), activity_id.clone(), None),
+        Outcome::Failed {
+            reason,
+            conversation_id,
+        } => (conversation_id.clone(), None, Some(reason.clone())),
+        Outcome::Expired => (None, None, None),
+    };
+    let kind = event_type(outcome);
+    let data = NotificationChanged {
+        notification_id: job.id.to_string(),
+        broadcast_id: None,
+        tenant_id: job.to.tenant_id().map(str::to_owned),
+        conversation_id,
+        activity_id,
+        status: event_status(outcome).to_owned(),
+        last_error,
+    };
+    Some(CloudEvent::new(source, kind, &job.id, &job.id, &data, now))
 }

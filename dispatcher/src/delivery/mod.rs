@@ -1,7 +1,7 @@
 //! Handling one delivery from `{ns}.dispatch`, from the body to the ack.
 //!
-//! The ack comes last, after the outcome is recorded (or the work safely re-queued through the
-//! delay levels), so a crash at any point leaves the delivery unacked and RabbitMQ hands it out
+//! The ack comes last, after the outcome is recorded (or the work safely queued again, parked
+//! in Redis until due), so a crash at any point leaves the delivery unacked and RabbitMQ hands it out
 //! again; the status record's send lease then keeps the second copy from sending twice.
 //!
 //! A delivery is a job (send a message) or a change to a message already delivered (edit or
@@ -16,25 +16,33 @@
 //! - [`change`]: editing and deleting delivered messages.
 //! - [`failure`]: what a failed call to Teams leads to (a 429, a gone conversation, the GCC
 //!   host, a retry, giving up), as one pure decision.
-//! - [`requeue`]: sending a delivery round the delay levels (early, paced out, retried).
+//! - [`tick`]: a schedule's occurrence: its job queued, the next occurrence's timer parked.
+//! - [`requeue`]: sending a delivery round again, parked until due (early, paced out,
+//!   retried).
 
 mod change;
 pub mod failure;
 mod job;
 mod requeue;
+mod tick;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use herald_shared::{
     amqp::{
-        PublishError, Publisher,
+        PublishError,
         headers::{self, Bookkeeping},
     },
+    calendar::Zone,
     error::Chain,
+    events::Events,
     job::{Change, ChangeKind, JOB_TYPE_V1, Job, JobId, Message},
     metrics::Metrics,
-    store::{ConversationStore, StatusStore, StoreError},
+    schedule::{Scheduler, TICK_TYPE_V1, Tick},
+    store::{ConversationStore, SentStore, StatusStore, StoreError, UserStore},
+    submit::{Enqueuer, SubmitError},
     telemetry,
+    timers::{DispatchQueue, QueueError},
 };
 use lapin::{message::Delivery, types::FieldTable};
 use tokio_util::sync::CancellationToken;
@@ -59,10 +67,24 @@ pub struct Handler {
     pub statuses: StatusStore,
     pub conversations: ConversationStore,
     pub resolver: Resolver,
+    /// Users' clocks (time zone, quiet hours).
+    pub users: UserStore,
+    /// The zone of a recipient whose own is unknown.
+    pub default_time_zone: Zone,
     pub pacer: Pacer,
     pub connector: BotConnector,
-    pub publisher: Publisher,
+    /// The way back into the dispatch queue (now, or parked until due) and to the dead
+    /// letters.
+    pub queue: DispatchQueue,
+    /// Schedules, and the timers of their next occurrences.
+    pub scheduler: Scheduler,
+    /// Queues the jobs of schedules' occurrences.
+    pub enqueuer: Enqueuer,
     pub policy: failure::Policy,
+    /// Where jobs' ends (and retracted messages) are told.
+    pub events: Events,
+    /// The messages sent, for card actions and read receipts.
+    pub sent: SentStore,
     pub send_lease: Duration,
     pub metrics: Metrics,
     /// Cancelled when the service must let go of unfinished deliveries (shutdown deadline).
@@ -99,15 +121,34 @@ impl Outage for PublishError {
     }
 }
 
+impl Outage for SubmitError {
+    fn is_outage(&self) -> bool {
+        match self {
+            SubmitError::Store(e) => e.is_outage(),
+            SubmitError::Queue(e) => e.is_outage(),
+            SubmitError::Conflict(_) => false,
+        }
+    }
+}
+
+impl Outage for QueueError {
+    fn is_outage(&self) -> bool {
+        match self {
+            QueueError::Publish(e) => e.is_outage(),
+            QueueError::Park(e) => e.is_outage(),
+        }
+    }
+}
+
 /// What a delivery asks for, read from its type and body once.
 #[derive(Debug)]
 enum Work {
-    Job(Job),
+    /// Boxed: a job (with its card answers) is far larger than the other kinds.
+    Job(Box<Job>),
     /// A change to the message of job `id`.
-    Change {
-        id: JobId,
-        alteration: Alteration,
-    },
+    Change { id: JobId, alteration: Alteration },
+    /// A schedule's occurrence is due.
+    Tick(Tick),
 }
 
 /// What a change does to a delivered message.
@@ -211,6 +252,17 @@ impl Handler {
                 };
                 self.change(alteration, &incoming).instrument(span).await
             }
+            Work::Tick(tick) => {
+                let span = tracing::info_span!(
+                    "tick",
+                    otel.name = "schedule occurrence",
+                    otel.kind = "consumer",
+                    schedule = %tick.schedule,
+                    trace_id,
+                );
+                telemetry::continue_trace(&span, parent);
+                self.occur(tick).instrument(span).await
+            }
         }
     }
 
@@ -225,8 +277,12 @@ impl Handler {
         tracing::warn!(?message_id, %reason, "poison message; dead-lettering it");
         let amqp_headers = delivery.properties.headers().as_ref();
         self.until_done("dead-letter", || {
-            self.publisher
-                .dead_letter(message_id.as_deref(), &delivery.data, amqp_headers, reason)
+            self.queue.publisher().dead_letter(
+                message_id.as_deref(),
+                &delivery.data,
+                amqp_headers,
+                reason,
+            )
         })
         .await
     }
@@ -247,7 +303,7 @@ impl Handler {
 
     /// Asks the pacer for a turn (presenting `turn`, the one given earlier, if any); short
     /// waits are slept out here (holding the prefetch slot briefly), longer ones are the
-    /// caller's to send round the delay levels.
+    /// caller's to send round again (parked until the turn).
     async fn pace(
         &self,
         tenant: Option<&str>,
@@ -376,6 +432,11 @@ fn read_work(
     amqp_headers: Option<&FieldTable>,
     body: &[u8],
 ) -> Result<Work, String> {
+    if amqp_type == Some(TICK_TYPE_V1) {
+        return serde_json::from_slice::<Tick>(body)
+            .map(Work::Tick)
+            .map_err(|e| format!("rejected: the schedule's timer is malformed: {e}"));
+    }
     // A change queued before changes had types of their own says so in a header.
     let legacy_operation = headers::text(amqp_headers, headers::LEGACY_OPERATION);
     let typed_change = amqp_type.and_then(ChangeKind::from_amqp_type);
@@ -393,7 +454,7 @@ fn read_work(
     };
     let Some(kind) = change else {
         return Job::from_slice(body)
-            .map(Work::Job)
+            .map(|job| Work::Job(Box::new(job)))
             .map_err(|error| format!("rejected: {error}"));
     };
     let change = serde_json::from_slice::<Change>(body)
@@ -435,6 +496,21 @@ mod tests {
                 "{amqp_type:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_schedules_timer_is_read_by_its_type_and_a_malformed_one_refused() {
+        let tick = br#"{"schedule":"weekly","generation":3,"occurrence":"2026-12-07T09:00:00Z"}"#;
+        let work = read_work(Some(TICK_TYPE_V1), None, tick).unwrap();
+        assert!(
+            matches!(&work, Work::Tick(t) if t.schedule == "weekly" && t.generation == 3),
+            "{work:?}"
+        );
+        let refused = read_work(Some(TICK_TYPE_V1), None, JOB).unwrap_err();
+        assert!(
+            refused.starts_with("rejected: the schedule's timer is malformed"),
+            "{refused}"
+        );
     }
 
     #[test]

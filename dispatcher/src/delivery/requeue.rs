@@ -1,13 +1,18 @@
-//! Sending a delivery back round the delay levels: the one way a delivery waits without
-//! holding a prefetch slot, whether it arrived early, another copy of it is being sent, it is
-//! over Teams' limits, or Teams failed it for now.
+//! Sending a delivery round again: the one way a delivery waits without holding a prefetch
+//! slot, whether it arrived early, another copy of it is being sent, it is over Teams' limits,
+//! or Teams failed it for now. A wait of a second or more is parked in Redis until due
+//! ([`herald_shared::timers`]); a shorter one goes straight back to the dispatch queue, and
+//! the `not_before` bookkeeping makes the next handler wait out the rest.
 //!
 //! The body and the AMQP `type` go round unchanged; the bookkeeping headers say what the
 //! delivery has been through ([`Again::next`]), and the trace context rides along.
 
 use std::time::Duration;
 
-use herald_shared::amqp::headers::{self, Bookkeeping};
+use herald_shared::amqp::{
+    DispatchMessage,
+    headers::{self, Bookkeeping},
+};
 use time::OffsetDateTime;
 
 use super::{Handler, Incoming, Interrupted};
@@ -46,8 +51,8 @@ impl Again {
 }
 
 impl Handler {
-    /// Sends `incoming` round the delay levels to come back `wait` from now. Done once the
-    /// broker has confirmed the copy, so the original can be acked.
+    /// Sends `incoming` round again to come back `wait` from now. Done once the copy is
+    /// parked in Redis or confirmed by the broker, so the original can be acked.
     pub(super) async fn requeue(
         &self,
         incoming: &Incoming<'_>,
@@ -62,21 +67,19 @@ impl Handler {
             &[headers::LEGACY_OPERATION],
         );
         again.next(incoming.bookkeeping, back_at).write(&mut kept);
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map_or(incoming.id, |m| m.as_str());
-        let publish = || {
-            self.publisher.publish_for_dispatch(
-                message_id,
-                incoming.amqp_type,
-                &delivery.data,
-                wait,
-                kept.clone(),
-            )
+        let message = DispatchMessage {
+            id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map_or(incoming.id, |m| m.as_str())
+                .to_owned(),
+            amqp_type: incoming.amqp_type.to_owned(),
+            headers: kept,
+            body: delivery.data.clone(),
         };
-        self.until_done("re-delay", publish).await
+        self.until_done("queue again", || self.queue.send(&message, wait))
+            .await
     }
 }
 

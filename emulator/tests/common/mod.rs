@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use herald_emulator::{Emulator, EmulatorConfig};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -48,25 +49,30 @@ pub struct Delivery {
 }
 
 /// A bot endpoint that validates each activity's token against the emulator's published
-/// metadata, as botbuilder does, and answers 200 or 401.
+/// metadata, as botbuilder does, and answers 200 or 401 — or, to a valid `invoke`, what
+/// [`Bot::answer_invokes_with`] set.
 #[derive(Debug, Clone)]
 pub struct Bot {
     pub url: String,
     pub deliveries: Arc<Mutex<Vec<Delivery>>>,
+    invoke_answer: Arc<Mutex<Option<(u16, Value)>>>,
 }
 
 #[derive(Clone)]
 struct BotState {
     openid_url: String,
     deliveries: Arc<Mutex<Vec<Delivery>>>,
+    invoke_answer: Arc<Mutex<Option<(u16, Value)>>>,
 }
 
 impl Bot {
     pub async fn start(emulator: &Emulator) -> Bot {
         let deliveries = Arc::new(Mutex::new(Vec::new()));
+        let invoke_answer = Arc::new(Mutex::new(None));
         let state = BotState {
             openid_url: emulator.openid_metadata_url(),
             deliveries: deliveries.clone(),
+            invoke_answer: invoke_answer.clone(),
         };
         let app = Router::new()
             .route("/api/messages", post(receive))
@@ -74,17 +80,37 @@ impl Bot {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/api/messages", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Bot { url, deliveries }
+        Bot {
+            url,
+            deliveries,
+            invoke_answer,
+        }
     }
 
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.deliveries.lock().unwrap().clone()
     }
+
+    /// The last activity received.
+    pub fn last(&self) -> Delivery {
+        self.deliveries()
+            .pop()
+            .expect("the bot received an activity")
+    }
+
+    /// From now on, answers each validly signed `invoke` with this status and JSON body.
+    pub fn answer_invokes_with(&self, status: u16, body: Value) {
+        *self.invoke_answer.lock().unwrap() = Some((status, body));
+    }
 }
 
-async fn receive(State(state): State<BotState>, headers: HeaderMap, body: String) -> StatusCode {
+async fn receive(State(state): State<BotState>, headers: HeaderMap, body: String) -> Response {
     let activity: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let verdict = verify(&state.openid_url, &headers, &activity).await;
+    let answer = match (&verdict, activity["type"].as_str()) {
+        (Ok(()), Some("invoke")) => state.invoke_answer.lock().unwrap().clone(),
+        _ => None,
+    };
     let status = if verdict.is_ok() {
         StatusCode::OK
     } else {
@@ -95,7 +121,14 @@ async fn receive(State(state): State<BotState>, headers: HeaderMap, body: String
         headers,
         verdict,
     });
-    status
+    match answer {
+        Some((status, body)) => (
+            StatusCode::from_u16(status).expect("a valid status"),
+            Json(body),
+        )
+            .into_response(),
+        None => status.into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,11 +1,16 @@
 //! A JSON body extractor whose rejections are problem documents naming the field, instead of
-//! axum's plain-text messages.
+//! axum's plain-text messages, and which takes a body only as a JSON object (serde's derive
+//! would also read a struct from an array of its fields' values, which no document allows).
 
 use axum::{
     extract::{FromRequest, Request, rejection::JsonRejection},
     http::StatusCode,
 };
-use serde::de::DeserializeOwned;
+use std::{fmt, marker::PhantomData};
+
+use serde::de::{
+    Deserialize, DeserializeOwned, Deserializer, MapAccess, Visitor, value::MapAccessDeserializer,
+};
 
 use crate::problem::Problem;
 
@@ -21,10 +26,35 @@ where
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
+        match axum::Json::<Object<T>>::from_request(request, state).await {
+            Ok(axum::Json(Object(value))) => Ok(Self(value)),
             Err(rejection) => Err(problem(rejection)),
         }
+    }
+}
+
+/// `T`, read only from a JSON object.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(Fields(PhantomData))
+            .map(Object)
     }
 }
 

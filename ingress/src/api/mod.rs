@@ -2,17 +2,25 @@
 //!
 //! Every route but `/v1/openapi.json` needs `Authorization: Bearer <key>` with one of
 //! `HERALD_API_KEYS` (none configured: every call is refused). The OpenAPI document is built
-//! from the same registrations that route the requests, so the two cannot drift apart.
+//! from the same registrations that route the requests, so the two cannot drift apart, and it
+//! states every rule the handlers check and every status they answer: `scripts/api-conformance`
+//! (schemathesis, `tests/tests/conformance.rs`) holds the running service to it.
 //!
 //! # Layout
 //! - This file: the router, the OpenAPI document and the bearer-key check.
 //! - [`keys`]: the configured keys ([`ApiKeys`]), matched in constant time.
 //! - [`notifications`]: the `/v1/notifications` handlers.
+//! - [`users`]: the `/v1/users` handlers (a user's chat and clock).
+//! - [`schedules`]: the `/v1/schedules` handlers (recurring notifications).
+//! - [`webhooks`]: the `/v1/webhooks` handlers (events POSTed to other services).
 //! - `extract`: the JSON body extractor whose rejections are problem documents.
 
 mod extract;
 pub mod keys;
 pub mod notifications;
+pub mod schedules;
+pub mod users;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -31,7 +39,16 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use self::keys::ApiKeys;
-use crate::{enqueue::Enqueuer, problem::Problem};
+use herald_shared::{
+    events::Events,
+    schedule::Scheduler,
+    store::{ConversationStore, UserStore},
+    webhooks::{WebhookStore, guard::WebhookGuard},
+};
+
+use herald_shared::submit::Enqueuer;
+
+use crate::problem::Problem;
 
 /// The largest `/v1` request body; a message is at most 28 KB.
 pub const MAX_API_BODY: usize = 64 * 1024;
@@ -42,20 +59,36 @@ pub struct Api {
     /// The bearer keys `/v1` accepts.
     pub api_keys: ApiKeys,
     pub enqueuer: Enqueuer,
+    pub users: UserStore,
+    pub conversations: ConversationStore,
+    /// Schedules and their timers.
+    pub scheduler: Scheduler,
     /// Names jobs created from idempotency keys (the namespace keeps deployments apart).
     pub namespace: String,
+    /// Where cancellations are told.
+    pub events: Events,
+    pub webhooks: WebhookStore,
+    /// Where webhooks may point.
+    pub webhook_guard: WebhookGuard,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Herald",
-        description = "Proactive Microsoft Teams notifications: send, follow, cancel and edit.",
+        description = "Proactive Microsoft Teams notifications: send, follow, cancel and edit; recurring schedules; users' time zones and quiet hours.",
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "notifications", description = "Messages to Teams users, chats and channels"))
+    // Referred to by name from schemas written by hand (nullable fields), so registered here.
+    components(schemas(herald_shared::job::SendWindow, users::QuietHoursBody)),
+    tags(
+        (name = "notifications", description = "Messages to Teams users, chats and channels"),
+        (name = "users", description = "What Herald knows of a user, and their clock: time zone and quiet hours"),
+        (name = "schedules", description = "Recurring notifications: RFC 5545 rules in the recipient's zone"),
+        (name = "webhooks", description = "Herald's events POSTed to your services, signed as Standard Webhooks")
+    )
 )]
 struct ApiDoc;
 
@@ -76,20 +109,34 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every documented route, registered once for both routing and the document.
-fn documented() -> OpenApiRouter<Arc<Api>> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// Every documented route, registered once for both routing and the document, and the
+/// document completed with the rules derive cannot state.
+fn documented() -> (Router<Arc<Api>>, utoipa::openapi::OpenApi) {
+    let (routes, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(notifications::create))
         .routes(routes!(
             notifications::get,
             notifications::cancel,
             notifications::edit
         ))
+        .routes(routes!(users::get, users::change))
+        .routes(routes!(schedules::create))
+        .routes(routes!(
+            schedules::get,
+            schedules::change,
+            schedules::delete
+        ))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::delete))
+        .routes(routes!(webhooks::attempts))
+        .split_for_parts();
+    herald_shared::job::openapi::complete(&mut openapi);
+    (routes, openapi)
 }
 
 /// The `/v1` routes, and `/v1/openapi.json` serving their document.
 pub fn router(api: Arc<Api>) -> Router {
-    let (routes, openapi) = documented().split_for_parts();
+    let (routes, openapi) = documented();
     let openapi = Arc::new(openapi);
     let authenticated = routes
         .layer(middleware::from_fn_with_state(api.clone(), require_api_key))
@@ -103,7 +150,7 @@ pub fn router(api: Arc<Api>) -> Router {
 
 /// The OpenAPI document, for tests and tools.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented().into_openapi()
+    documented().1
 }
 
 async fn require_api_key(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {

@@ -10,41 +10,68 @@ use axum::{
 };
 use herald_shared::{
     amqp::headers as amqp_headers,
-    job::{Change, ChangeKind, Job, JobError, JobId, Message, Target},
-    store::{Cancel, JobStatus, StatusRecord},
+    error::Chain,
+    events::{EventType, NotificationChanged, Proof},
+    job::{Change, ChangeKind, Job, JobId, Message, OnAction, Target, Timing, openapi},
+    store::{Cancel, JobStatus, Stamp, StatusRecord},
 };
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::openapi::schema::Schema;
 
 use super::{Api, extract::ApiJson};
-use crate::{
-    enqueue::{OnConflict, SubmitError},
-    problem::Problem,
-};
+use herald_shared::submit::{OnConflict, SubmitError};
 
-/// A notification to send: the AMQP job without (or with) its id.
+use crate::problem::Problem;
+
+/// A notification to send: the AMQP job without (or with) its id. Unknown fields are ignored.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "to": {"user": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+                    "aadObjectId": "6b1e5a8c-3f0d-4c7e-9a2b-1d4f8e6c0a93"}},
+    "message": {"text": "Build **42** is green", "textFormat": "markdown"}
+}))]
 pub struct NotificationRequest {
-    /// Your own id for the job; the same id again answers the same job.
+    /// Your own id for the job; the same id again answers the same job. Absent: Herald names
+    /// it (from the `Idempotency-Key` when there is one).
     #[serde(default)]
-    pub id: Option<String>,
+    pub id: Option<JobId>,
     pub to: Target,
     pub message: Message,
-    /// When to send it; absent means now.
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(schema_with = deliver_at_schema)]
     pub deliver_at: Option<OffsetDateTime>,
-    /// Once passed, the job ends `expired`, unsent.
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(schema_with = expires_at_schema)]
     pub expires_at: Option<OffsetDateTime>,
+    /// The recipient's clock: `deliverAtLocal`, `timeZone`, `window`, `urgent`.
+    #[serde(flatten)]
+    pub timing: Timing,
+    /// What a user sees after pressing an `Action.Execute` button of the message's card, by
+    /// verb (`*`: any other verb): `{"card": {…}}` replaces the card for them, `{"text": "…"}`
+    /// is shown. Absent: `Thanks, noted.` Every press is published as
+    /// `herald.notification.action`.
+    #[serde(default)]
+    pub on_action: Option<OnAction>,
+}
+
+fn deliver_at_schema() -> Schema {
+    openapi::optional_date_time("When to send it (RFC 3339); absent, or already past, means now.")
+}
+
+fn expires_at_schema() -> Schema {
+    openapi::optional_date_time(
+        "Once passed, the job ends `expired`, unsent. It must be in the future, and after \
+         `deliverAt` when both are given; otherwise the request is refused with 400.",
+    )
 }
 
 /// The answer to an accepted notification.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
-    #[schema(value_type = String)]
     pub id: JobId,
     pub status: JobStatus,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -53,6 +80,7 @@ pub struct Accepted {
 
 /// A new content for a delivered message.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"message": {"text": "Build **42** is green (edited)", "textFormat": "markdown"}}))]
 pub struct EditRequest {
     pub message: Message,
 }
@@ -61,17 +89,27 @@ pub struct EditRequest {
 #[utoipa::path(
     post,
     path = "/v1/notifications",
+    operation_id = "createNotification",
     tag = "notifications",
     request_body = NotificationRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Repeating a request with the same key answers the first job")),
+    params((
+        "Idempotency-Key" = Option<String>, Header,
+        min_length = 1, max_length = 255, pattern = r"^[!-~]([ -~]*[!-~])?$",
+        description = "Repeating a request with the same key answers the first job. 1-255 printable ASCII characters; spaces only inside."
+    )),
     responses(
-        (status = 202, description = "Queued (or the same request again)", body = Accepted),
+        (status = 202, description = "Queued (or the same request again)", body = Accepted, links(
+            ("getNotification" = (operation_id = "getNotification", parameters(("id" = "$response.body#/id")))),
+            ("editNotification" = (operation_id = "editNotification", parameters(("id" = "$response.body#/id")))),
+            ("cancelNotification" = (operation_id = "cancelNotification", parameters(("id" = "$response.body#/id")))),
+        )),
         (status = 400, description = "Malformed or invalid", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or wrong API key", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The id names a different job", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not sent as `application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The idempotency key was used for a different request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis or RabbitMQ cannot take the job now; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis or RabbitMQ cannot take the job now, or it took too long; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create(
@@ -79,20 +117,19 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(request): ApiJson<NotificationRequest>,
 ) -> Result<Response, Problem> {
-    let key = headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_owned));
-    let key = match key {
-        Some(Ok(key)) if !key.trim().is_empty() && key.len() <= 255 => Some(key),
+    let key = match headers.get("idempotency-key") {
+        Some(key) if is_idempotency_key(key.as_bytes()) => {
+            Some(String::from_utf8_lossy(key.as_bytes()).into_owned())
+        }
         Some(_) => {
             return Err(Problem::bad_request(
-                "Idempotency-Key: must be 1-255 visible characters",
+                "Idempotency-Key: must be 1-255 printable ASCII characters, with spaces only inside",
             ));
         }
         None => None,
     };
     let (id, id_from) = match (request.id, &key) {
-        (Some(id), _) => (id.parse().map_err(JobError::from)?, IdSource::Caller),
+        (Some(id), _) => (id, IdSource::Caller),
         (None, Some(key)) => (
             JobId::from_idempotency_key(&api.namespace, key),
             IdSource::Key,
@@ -108,7 +145,9 @@ pub async fn create(
         // hashes the same as the first.
         request.deliver_at,
         request.expires_at,
-    )?;
+    )?
+    .with_timing(request.timing)?
+    .with_on_action(request.on_action)?;
     if job.expires_at.is_some_and(|expires| expires <= now) {
         return Err(Problem::bad_request("expiresAt: is already past"));
     }
@@ -130,6 +169,15 @@ pub async fn create(
     }
 }
 
+/// The documented pattern `^[!-~]([ -~]*[!-~])?$`, at most 255 long.
+fn is_idempotency_key(key: &[u8]) -> bool {
+    let printable = |b: &u8| b.is_ascii_graphic();
+    (1..=255).contains(&key.len())
+        && key.first().is_some_and(printable)
+        && key.last().is_some_and(printable)
+        && key.iter().all(|&b| b == b' ' || b.is_ascii_graphic())
+}
+
 enum IdSource {
     Caller,
     Key,
@@ -148,13 +196,14 @@ fn accepted(record: &StatusRecord) -> Accepted {
 #[utoipa::path(
     get,
     path = "/v1/notifications/{id}",
+    operation_id = "getNotification",
     tag = "notifications",
-    params(("id" = String, Path, description = "The job id")),
+    params(("id" = JobId, Path, description = "The job id")),
     responses(
         (status = 200, description = "The job's status record", body = StatusRecord),
         (status = 401, description = "No or wrong API key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (or its record expired)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable, or it took too long; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get(
@@ -171,15 +220,16 @@ pub async fn get(
 #[utoipa::path(
     delete,
     path = "/v1/notifications/{id}",
+    operation_id = "cancelNotification",
     tag = "notifications",
-    params(("id" = String, Path, description = "The job id")),
+    params(("id" = JobId, Path, description = "The job id")),
     responses(
         (status = 200, description = "Cancelled: it will never be sent", body = StatusRecord),
         (status = 202, description = "Delivered: the Teams message will be deleted (the job then ends `cancelled`)", body = StatusRecord),
         (status = 401, description = "No or wrong API key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Being sent right now, or already failed or expired", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis or RabbitMQ is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis or RabbitMQ is unavailable, or it took too long; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn cancel(
@@ -187,11 +237,36 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let now = OffsetDateTime::now_utc();
-    let found = api.enqueuer.statuses.cancel(&id, now).await?;
+    let statuses = &api.enqueuer.statuses;
+    // The cancellation is told as an event: noted before the change (with the record's
+    // field that proves it), published after.
+    let before = statuses.get(&id).await?.ok_or_else(|| no_such_job(&id))?;
+    let event = NotificationChanged::cancelled(api.events.source(), &before, now);
+    let field = Proof::field_for(EventType::NotificationCancelled);
+    let unsent = matches!(before.status, JobStatus::Scheduled | JobStatus::Queued);
+    if unsent {
+        let proof = Proof {
+            key: statuses.record_key(&id),
+            field: field.clone(),
+        };
+        api.events.note(&event, Some(&proof)).await?;
+    }
+    let stamp = unsent.then_some(Stamp {
+        field: &field,
+        event_id: &event.id,
+    });
+    let found = statuses.cancel(&id, now, stamp).await?;
     match found.ok_or_else(|| no_such_job(&id))? {
-        Cancel::Cancelled(record) | Cancel::AlreadyCancelled(record) => {
+        Cancel::Cancelled(record) => {
+            api.events.publish_soon(event);
+            // The record says cancelled, which is what the dispatcher checks; removing the
+            // timer only saves it the trip, so a failure here changes nothing for the caller.
+            if let Err(e) = api.enqueuer.queue.timers().forget(&id).await {
+                tracing::warn!(job_id = %id, error = %Chain(&e), "cannot remove a cancelled job's timer; it is dropped when due");
+            }
             Ok(Json(record).into_response())
         }
+        Cancel::AlreadyCancelled(record) => Ok(Json(record).into_response()),
         Cancel::Delivered(record) => {
             queue_change(
                 &api,
@@ -218,8 +293,9 @@ pub async fn cancel(
 #[utoipa::path(
     patch,
     path = "/v1/notifications/{id}",
+    operation_id = "editNotification",
     tag = "notifications",
-    params(("id" = String, Path, description = "The job id")),
+    params(("id" = JobId, Path, description = "The job id")),
     request_body = EditRequest,
     responses(
         (status = 202, description = "The Teams message will be updated", body = StatusRecord),
@@ -227,7 +303,9 @@ pub async fn cancel(
         (status = 401, description = "No or wrong API key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not delivered (yet, or any more)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis or RabbitMQ is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not sent as `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis or RabbitMQ is unavailable, or it took too long; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn edit(
@@ -261,7 +339,8 @@ async fn queue_change(api: &Api, change: Change, kind: ChangeKind) -> Result<(),
     amqp_headers::set_trace_context(&mut amqp);
     Ok(api
         .enqueuer
-        .publisher
+        .queue
+        .publisher()
         .publish_change(&change, kind, amqp)
         .await?)
 }
@@ -270,4 +349,27 @@ fn no_such_job(id: &str) -> Problem {
     Problem::not_found(format!(
         "no job {id} (it never existed, or its record expired)"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_idempotency_key;
+
+    #[test]
+    fn an_idempotency_key_is_what_the_document_says() {
+        let longest = "k".repeat(255);
+        for key in [
+            "a",
+            "build-42-green",
+            "build 42 green",
+            "~!",
+            longest.as_str(),
+        ] {
+            assert!(is_idempotency_key(key.as_bytes()), "{key:?} is refused");
+        }
+        let too_long = "k".repeat(256);
+        for key in ["", " ", " a", "a ", "a\tb", "ключ", too_long.as_str()] {
+            assert!(!is_idempotency_key(key.as_bytes()), "{key:?} is accepted");
+        }
+    }
 }

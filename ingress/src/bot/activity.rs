@@ -1,7 +1,10 @@
 //! Reading an inbound activity: which conversation it belongs to, and what it means for the
 //! stored reference (an install, a removal, or a refresh), read from where Teams puts each id.
 
-use herald_shared::store::{ActivityEffect, ConversationKind, ConversationRef, RecordedActivity};
+use herald_shared::{
+    calendar::Zone,
+    store::{ActivityEffect, ConversationKind, ConversationRef, RecordedActivity},
+};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -11,6 +14,22 @@ use time::OffsetDateTime;
 pub struct Activity {
     #[serde(rename = "type")]
     pub kind: String,
+    /// Teams' id of the activity (`f:…` for events and invokes, epoch ms for messages).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// An `invoke`'s or `event`'s name (`adaptiveCard/action`, `application/vnd.microsoft.readReceipt`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// An invoke's or event's payload, or an `Action.Submit`'s data on a message.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    /// The message a reply or a card action refers to.
+    #[serde(default)]
+    pub reply_to_id: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
     pub service_url: String,
     pub channel_id: String,
     pub conversation: ConversationAccount,
@@ -26,6 +45,21 @@ pub struct Activity {
     pub members_removed: Vec<ChannelAccount>,
     #[serde(default)]
     pub channel_data: Option<ChannelData>,
+    /// The sender's IANA zone, on activities a user's client sends.
+    #[serde(default)]
+    pub local_timezone: Option<String>,
+    /// Read for the `clientInfo` entity's `timezone`; the rest is ignored.
+    #[serde(default)]
+    pub entities: Vec<Entity>,
+}
+
+/// An entity of the activity; only `clientInfo` is read.
+#[derive(Debug, Deserialize)]
+pub struct Entity {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +78,8 @@ pub struct ChannelAccount {
     pub id: String,
     #[serde(default)]
     pub aad_object_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +123,23 @@ impl Activity {
             }
         }
         Ok(activity)
+    }
+
+    /// The sender and the zone their client reports (`localTimezone`, else the `clientInfo`
+    /// entity's `timezone`), when the activity carries both and the zone is one Herald knows.
+    pub fn sender_time_zone(&self) -> Option<(&str, &str, Zone)> {
+        let sender = self.from.as_ref()?.aad_object_id.as_deref()?;
+        let tenant = self.tenant_id()?;
+        let client_info = self
+            .entities
+            .iter()
+            .find(|e| e.kind.as_deref() == Some("clientInfo"))
+            .and_then(|e| e.timezone.as_deref());
+        let zone = [self.local_timezone.as_deref(), client_info]
+            .into_iter()
+            .flatten()
+            .find_map(|name| name.parse().ok())?;
+        Some((tenant, sender, zone))
     }
 
     fn channel_data(&self) -> Option<&ChannelData> {

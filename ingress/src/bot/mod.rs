@@ -7,6 +7,7 @@
 
 pub mod activity;
 pub mod auth;
+pub mod listen;
 
 use std::sync::Arc;
 
@@ -19,11 +20,15 @@ use axum::{
 use herald_shared::{
     allowlist::ServiceUrlAllowlist,
     error::Chain,
-    store::{ActivityEffect, ConversationStore, StoreError},
+    store::{ActivityEffect, ConversationStore, StoreError, UserStore},
 };
 use time::OffsetDateTime;
 
-use self::{activity::Activity, auth::BotAuthenticator};
+use self::{
+    activity::Activity,
+    auth::BotAuthenticator,
+    listen::{CARD_ACTION, Listener, NotRecorded, READ_RECEIPT},
+};
 use crate::{
     greeting::{Greeter, GreetingError},
     problem::Problem,
@@ -37,6 +42,8 @@ pub enum RecordError {
     Conversation(#[source] StoreError),
     #[error("the greeting could not be queued")]
     Greeting(#[source] GreetingError),
+    #[error(transparent)]
+    Event(#[from] NotRecorded),
 }
 
 #[derive(Debug)]
@@ -44,7 +51,11 @@ pub struct BotEndpoint {
     pub authenticator: BotAuthenticator,
     pub allowlist: ServiceUrlAllowlist,
     pub conversations: ConversationStore,
+    /// Where the zone a user's client reports is kept.
+    pub users: UserStore,
     pub greeter: Greeter,
+    /// Tells what users do (presses, reads, messages, installs) as events.
+    pub listener: Listener,
 }
 
 pub async fn receive_activity(
@@ -53,7 +64,9 @@ pub async fn receive_activity(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match handle(&bot, &headers, body).await {
-        Ok(()) => StatusCode::OK.into_response(),
+        Ok(None) => StatusCode::OK.into_response(),
+        // An invoke's answer is the body of the HTTP 200; Teams reads its `statusCode`.
+        Ok(Some(answer)) => axum::Json(answer).into_response(),
         Err(problem) => {
             // A 5xx is logged with its cause by the request layer (`crate::requests`).
             if problem.status < 500 {
@@ -68,7 +81,7 @@ async fn handle(
     bot: &BotEndpoint,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(), Problem> {
+) -> Result<Option<serde_json::Value>, Problem> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -84,12 +97,38 @@ async fn handle(
     }
 
     let now = OffsetDateTime::now_utc();
+    // A press is answered while Teams waits, within its own budget. Its reference is refreshed
+    // beside the answer, within the same budget, and a failure to is only logged: the answer
+    // is what the user waits for, and their other activities refresh it too.
+    if activity.kind == "invoke" && activity.name.as_deref() == Some(CARD_ACTION) {
+        let recorded = activity.record(now);
+        let refresh =
+            tokio::time::timeout(listen::INVOKE_BUDGET, bot.conversations.record(&recorded));
+        let (answer, refreshed) = tokio::join!(bot.listener.card_action(&activity), refresh);
+        match refreshed {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %Chain(&error), "could not refresh the reference of a card action")
+            }
+            Err(_) => tracing::warn!("refreshing the reference of a card action took too long"),
+        }
+        return Ok(Some(answer));
+    }
+
     let recorded = activity.record(now);
     let install = bot
         .conversations
         .record(&recorded)
         .await
         .map_err(RecordError::Conversation)?;
+    // The recipient's clock: the zone the sender's client reports, unless one was set through
+    // the API. The reference is what the activity is for; a zone not noted now is noted from
+    // the next activity, so a failure here does not refuse it.
+    if let Some((tenant, user, zone)) = activity.sender_time_zone()
+        && let Err(error) = bot.users.learn_time_zone(tenant, user, zone, now).await
+    {
+        tracing::warn!(error = %Chain(&error), "could not note the sender's time zone");
+    }
     // Installs and removals are logged at info; a plain refresh (every message a user sends)
     // at debug, as it changes nothing but the reference's freshness.
     if recorded.effect == ActivityEffect::Refresh {
@@ -115,6 +154,27 @@ async fn handle(
             }
             Err(e) => return Err(RecordError::Greeting(e).into()),
         }
+    }
+    tell(bot, &activity).await?;
+    Ok(None)
+}
+
+/// Tells other services what the activity says a user did, once it is recorded.
+async fn tell(bot: &BotEndpoint, activity: &Activity) -> Result<(), RecordError> {
+    let listener = &bot.listener;
+    match (activity.kind.as_str(), activity.name.as_deref()) {
+        ("message", _) => listener.message(activity).await?,
+        ("event", Some(READ_RECEIPT)) => {
+            let marked = listener.read_receipt(activity).await?;
+            tracing::debug!(marked, "read receipt");
+        }
+        // `add-upgrade` / `remove-upgrade` are app updates, not installs.
+        ("installationUpdate", _) => match activity.action.as_deref() {
+            Some("add") => listener.installation(activity, true).await?,
+            Some("remove") => listener.installation(activity, false).await?,
+            _ => {}
+        },
+        _ => {}
     }
     Ok(())
 }

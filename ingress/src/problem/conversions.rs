@@ -5,13 +5,13 @@
 //! A server error's detail is the error with its causes ([`Chain`]), and the error rides
 //! along as the problem's cause for the request log.
 
-use herald_shared::{amqp::PublishError, error::Chain, job::JobError, store::StoreError};
+use herald_shared::{
+    amqp::PublishError, error::Chain, job::JobError, store::StoreError, submit::SubmitError,
+    timers::QueueError,
+};
 
 use super::Problem;
-use crate::{
-    bot::{RecordError, activity::ActivityError, auth::AuthError},
-    enqueue::SubmitError,
-};
+use crate::bot::{RecordError, activity::ActivityError, auth::AuthError};
 
 /// 503: ours, not the caller's; retrying later can succeed.
 fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> Problem {
@@ -28,6 +28,13 @@ impl From<StoreError> for Problem {
 /// RabbitMQ could not take the message: 503.
 impl From<PublishError> for Problem {
     fn from(error: PublishError) -> Self {
+        unavailable(error)
+    }
+}
+
+/// Neither Redis nor RabbitMQ took a message for the dispatcher: 503.
+impl From<QueueError> for Problem {
+    fn from(error: QueueError) -> Self {
         unavailable(error)
     }
 }
@@ -91,7 +98,7 @@ mod tests {
 
     #[test]
     fn server_errors_answer_503_with_their_causes_and_keep_the_error_for_the_log() {
-        let problem = Problem::from(SubmitError::Publish(PublishError::Unavailable));
+        let problem = Problem::from(SubmitError::Queue(PublishError::Unavailable.into()));
         assert_eq!(problem.status, 503);
         assert_eq!(
             problem.detail,

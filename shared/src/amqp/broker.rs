@@ -3,8 +3,10 @@
 //! Services start while the broker is down and stay up through outages: the supervisor
 //! connects with backoff, declares the topology, opens a publisher-confirm channel and
 //! publishes the [`Link`]; when the connection or that channel dies it withdraws the link and
-//! starts again. Everything that uses the broker reads the current link (or waits for the next
-//! one), so readiness is simply "is there a link".
+//! starts again. Given the nodes of a cluster, it tries them in turn, starting after the node
+//! it lost: any node serves every queue, and the lost one is likely down. Everything that
+//! uses the broker reads the current link (or waits for the next one), so readiness is simply
+//! "is there a link".
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::topology::Topology;
-use crate::{config::SecretUrl, error::Chain};
+use crate::{config::AmqpNodes, error::Chain};
 
 /// A live connection with its topology declared and a confirm-mode channel for publishing.
 #[derive(Clone)]
@@ -41,10 +43,14 @@ impl Link {
     }
 }
 
-/// The AMQP URL could not be parsed as lapin reads it.
+/// An AMQP URL could not be parsed as lapin reads it.
 #[derive(Debug, thiserror::Error)]
-#[error("HERALD_AMQP_URL is not a valid AMQP URI: {0}")]
-pub struct InvalidAmqpUrl(String);
+#[error("HERALD_AMQP_URL: node {node} is not a valid AMQP URI: {reason}")]
+pub struct InvalidAmqpUrl {
+    /// Its position in the list, from 1 (the URL itself may hold a password).
+    node: usize,
+    reason: String,
+}
 
 #[derive(Clone)]
 pub struct Broker {
@@ -76,17 +82,31 @@ impl Broker {
     /// Starts the supervisor. It runs until `stop` is cancelled, then closes the connection.
     /// Services cancel `stop` last, after their consumers have acked what they finished.
     pub fn start(
-        url: &SecretUrl,
+        nodes: &AmqpNodes,
         topology: Topology,
         name: &str,
         stop: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Self, InvalidAmqpUrl> {
-        let mut uri: AMQPUri = url.expose().parse().map_err(InvalidAmqpUrl)?;
-        uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+        let nodes = nodes
+            .urls()
+            .iter()
+            .enumerate()
+            .map(|(position, url)| {
+                let mut uri: AMQPUri = url.expose().parse().map_err(|reason| InvalidAmqpUrl {
+                    node: position + 1,
+                    reason,
+                })?;
+                uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+                Ok(Node {
+                    uri,
+                    shown: url.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let (sender, state) = watch::channel(None);
         tracker.spawn(supervise(
-            uri,
+            nodes,
             topology.clone(),
             name.to_owned(),
             sender,
@@ -113,8 +133,15 @@ impl Broker {
     }
 }
 
+/// One RabbitMQ node to try.
+struct Node {
+    uri: AMQPUri,
+    /// Its URL for logs, password redacted.
+    shown: String,
+}
+
 /// Keeps one link to RabbitMQ up until `stop`, publishing each new link (and its loss) on
-/// `state`.
+/// `state`. The nodes are tried in turn; the backoff grows only when a whole round failed.
 ///
 /// # Cancel safety
 /// Stopped through `stop`, it closes the connection cleanly. Dropped mid-connect, the half-made
@@ -122,7 +149,7 @@ impl Broker {
 /// so a dropped supervisor must not be relied on (the broker is meant to live as long as its
 /// service).
 async fn supervise(
-    uri: AMQPUri,
+    nodes: Vec<Node>,
     topology: Topology,
     name: String,
     state: watch::Sender<Option<Link>>,
@@ -130,8 +157,13 @@ async fn supervise(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut epoch = 0;
+    // The node to try next, and how many have failed in a row.
+    let mut next = 0;
+    let mut failed_in_a_row = 0;
     while !stop.is_cancelled() {
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&uri, &topology, &name));
+        let node = &nodes[next];
+        next = (next + 1) % nodes.len();
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&node.uri, &topology, &name));
         let outcome = tokio::select! {
             _ = stop.cancelled() => break,
             outcome = attempt => outcome,
@@ -140,12 +172,13 @@ async fn supervise(
             Ok(Ok((connection, publish_channel))) => {
                 epoch += 1;
                 backoff = Duration::from_millis(100);
+                failed_in_a_row = 0;
                 let link = Link {
                     connection: Arc::new(connection),
                     publish_channel,
                     epoch,
                 };
-                tracing::info!(epoch, "connected to RabbitMQ; topology declared");
+                tracing::info!(epoch, node = %node.shown, "connected to RabbitMQ; topology declared");
                 state.send_replace(Some(link.clone()));
                 let stopped = wait_until_lost(&link, &stop).await;
                 state.send_replace(None);
@@ -153,14 +186,25 @@ async fn supervise(
                     close(&link, 200, "shutting down").await;
                     return;
                 }
-                tracing::warn!(epoch, "lost the RabbitMQ connection; reconnecting");
+                tracing::warn!(epoch, node = %node.shown, "lost the RabbitMQ connection; reconnecting");
                 close(&link, 320, "reconnecting").await;
+                // On to the next node after a short pause (the cluster is most likely still
+                // there; the pause keeps a link that dies at once from spinning).
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => continue,
+                }
             }
             Ok(Err(error)) => {
-                tracing::warn!(error = %Chain(&error), retry_in = ?backoff, "cannot reach RabbitMQ")
+                tracing::warn!(node = %node.shown, error = %Chain(&error), "cannot reach RabbitMQ")
             }
-            Err(_) => tracing::warn!(retry_in = ?backoff, "connecting to RabbitMQ timed out"),
+            Err(_) => tracing::warn!(node = %node.shown, "connecting to RabbitMQ timed out"),
         }
+        failed_in_a_row += 1;
+        if failed_in_a_row % nodes.len() != 0 {
+            continue;
+        }
+        tracing::warn!(retry_in = ?backoff, nodes = nodes.len(), "no RabbitMQ node answered");
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(backoff) => {}

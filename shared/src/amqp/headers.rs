@@ -32,8 +32,8 @@ pub struct Bookkeeping {
     /// Calls made to Teams for this message by this delivery and the ones it came from (the
     /// retry budget; a job redriven from the dead-letter queue starts again at 0).
     pub attempts: u32,
-    /// Not to be sent before this instant: a retry's backoff or a pacing turn's time, which
-    /// the delay levels (whole seconds) round down.
+    /// Not to be sent before this instant: a retry's backoff or a pacing turn's time (a
+    /// short wait goes back to the queue at once, and the next handler waits out the rest).
     pub not_before: Option<OffsetDateTime>,
     /// Its place in a pacing queue (Redis time, Unix ms) while it waits for its turn.
     pub pace_turn: Option<u64>,
@@ -134,8 +134,8 @@ pub fn remove(headers: &mut FieldTable, key: &str) {
     }
 }
 
-/// The headers worth keeping when a job is republished (to a delay level or the dead-letter
-/// queue): Herald's own and the trace context, not RabbitMQ's `x-death` history.
+/// The headers worth keeping when a job is republished (parked until due, or to the
+/// dead-letter queue): Herald's own and the trace context, not RabbitMQ's `x-death` history.
 pub fn carried_over(headers: Option<&FieldTable>) -> FieldTable {
     carried_over_except(headers, &[])
 }

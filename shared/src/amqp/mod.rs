@@ -10,6 +10,6 @@ pub mod topology;
 pub use self::{
     broker::{Broker, InvalidAmqpUrl, Link},
     depth::{QueueDepth, queue_depth},
-    publisher::{PublishError, Publisher},
+    publisher::{DispatchMessage, PublishError, Publisher},
     topology::Topology,
 };

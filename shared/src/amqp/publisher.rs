@@ -2,8 +2,9 @@
 //! for the message (confirmed, and routed to a queue).
 //!
 //! Publishes are pipelined: many tasks publish on the one confirm channel at once, each
-//! awaiting its own confirmation. Every publish is `mandatory`, and a returned (unroutable)
-//! message is a failure, never a silent loss.
+//! awaiting its own confirmation. Every job publish is `mandatory`, and a returned (unroutable)
+//! message is a failure, never a silent loss. Events are the exception: one nobody listens to
+//! is dropped by the broker, which is what publishing to subscribers means.
 
 use std::time::Duration;
 
@@ -32,6 +33,32 @@ pub enum PublishError {
 /// How long a publish may wait for its confirmation.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A message for the dispatch queue, as Herald queues it for the dispatcher (a job, or a change
+/// to a delivered message): JSON, persistent, its id as `message_id` and its contract's version
+/// as `type`, as the job contract prescribes. It is also what a parked timer holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchMessage {
+    /// The AMQP `message_id`; also the id of its timer while it waits.
+    pub id: String,
+    /// The AMQP `type`: the contract the body follows.
+    pub amqp_type: String,
+    /// The AMQP headers (bookkeeping and trace context).
+    pub headers: FieldTable,
+    pub body: Vec<u8>,
+}
+
+impl DispatchMessage {
+    /// A job of the contract's current version, its id as the message id.
+    pub fn job(id: &str, body: Vec<u8>, headers: FieldTable) -> Self {
+        Self {
+            id: id.to_owned(),
+            amqp_type: crate::job::JOB_TYPE_V1.to_owned(),
+            headers,
+            body,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Publisher {
     broker: Broker,
@@ -42,7 +69,18 @@ impl Publisher {
         Self { broker }
     }
 
-    /// Publishes one message and waits for the broker's confirmation.
+    /// The names of the exchanges and queues it publishes to.
+    pub fn topology(&self) -> &super::Topology {
+        self.broker.topology()
+    }
+
+    /// Whether a broker link is up now (a publish would be tried, not refused at once).
+    pub fn is_connected(&self) -> bool {
+        self.broker.current().is_some()
+    }
+
+    /// Publishes one message and waits for the broker's confirmation; one no queue takes is
+    /// an error ([`PublishError::Unroutable`]).
     pub async fn publish(
         &self,
         exchange: &str,
@@ -50,9 +88,39 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
+        self.publish_routed(exchange, routing_key, body, properties, true)
+            .await
+    }
+
+    /// Publishes an event: confirmed like every publish, but one that no queue wants (nobody
+    /// listens to its type) is simply dropped by the broker, as pub/sub has it.
+    pub async fn publish_event(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        self.publish_routed(exchange, routing_key, body, properties, false)
+            .await
+    }
+
+    /// The link the publishes go out on, when one is up (for declaring bindings beside them).
+    pub fn link(&self) -> Option<super::Link> {
+        self.broker.current()
+    }
+
+    async fn publish_routed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
         let link = self.broker.current().ok_or(PublishError::Unavailable)?;
         let options = BasicPublishOptions {
-            mandatory: true,
+            mandatory,
             ..Default::default()
         };
         let confirm = async {
@@ -69,7 +137,22 @@ impl Publisher {
             Ok::<_, PublishError>(pending.await?)
         };
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-            Err(_) => Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
+            Err(_) => {
+                // A link whose publishes go unconfirmed is no link: after a quorum queue's
+                // leader dies, a channel's queue client can keep sending to the dead leader and
+                // never hear back. Closing the channel makes the broker supervisor replace the
+                // whole link (its health check sees the channel gone), and the retry goes out
+                // on the new one.
+                tracing::warn!(
+                    epoch = link.epoch,
+                    "a publish went unconfirmed; replacing the RabbitMQ link"
+                );
+                let channel = link.publish_channel.clone();
+                tokio::spawn(async move {
+                    let _ = channel.close(320, "publishes unconfirmed".into()).await;
+                });
+                Err(PublishError::Timeout(CONFIRM_TIMEOUT))
+            }
             Ok(Err(e)) => Err(e),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => {
@@ -84,50 +167,37 @@ impl Publisher {
         }
     }
 
-    /// Publishes a job body so that it reaches the dispatch queue after `delay` (at once for
-    /// less than a second; the dispatcher waits out sub-second remainders itself).
+    /// Publishes a job body to the dispatch queue.
     pub async fn publish_job(
         &self,
         job_id: &str,
         body: &[u8],
-        delay: Duration,
         headers: FieldTable,
     ) -> Result<(), PublishError> {
-        self.publish_for_dispatch(job_id, crate::job::JOB_TYPE_V1, body, delay, headers)
+        self.publish_for_dispatch(&DispatchMessage::job(job_id, body.to_vec(), headers))
             .await
     }
 
-    /// Publishes a message of the contract `amqp_type` (a job, or a change to a delivered
-    /// message) so that it reaches the dispatch queue after `delay`, through the delay levels
-    /// when it is a second or more.
+    /// Publishes a message for the dispatcher (a job, or a change to a delivered message) to
+    /// the dispatch queue, now; waits are parked in Redis ([`crate::timers`]).
     pub async fn publish_for_dispatch(
         &self,
-        message_id: &str,
-        amqp_type: &str,
-        body: &[u8],
-        delay: Duration,
-        headers: FieldTable,
+        message: &DispatchMessage,
     ) -> Result<(), PublishError> {
         let topology = self.broker.topology();
-        let properties = dispatch_properties(message_id, amqp_type, headers);
-        if delay.as_secs() == 0 {
-            self.publish(
-                &topology.jobs_exchange(),
-                NOTIFICATION_ROUTING_KEY,
-                body,
-                properties,
-            )
-            .await
-        } else {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let entry = topology.delay_entry(delay, NOTIFICATION_ROUTING_KEY, now_ms);
-            let properties =
-                properties.with_expiration(ShortString::from(entry.expiration_ms.to_string()));
-            self.publish(&entry.exchange, &entry.routing_key, body, properties)
-                .await
-        }
+        let properties = BasicProperties::default()
+            .with_type(ShortString::from(message.amqp_type.as_str()))
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2)
+            .with_message_id(message.id.as_str().into())
+            .with_headers(message.headers.clone());
+        self.publish(
+            &topology.jobs_exchange(),
+            NOTIFICATION_ROUTING_KEY,
+            &message.body,
+            properties,
+        )
+        .await
     }
 
     /// Queues a change to a delivered message; it goes through the dispatch queue like a job,
@@ -145,13 +215,12 @@ impl Publisher {
             kind.as_str(),
             uuid::Uuid::new_v4().simple()
         );
-        self.publish_for_dispatch(
-            &message_id,
-            kind.amqp_type(),
-            &body,
-            Duration::ZERO,
+        self.publish_for_dispatch(&DispatchMessage {
+            id: message_id,
+            amqp_type: kind.amqp_type().to_owned(),
             headers,
-        )
+            body,
+        })
         .await
     }
 
@@ -181,15 +250,4 @@ impl Publisher {
         )
         .await
     }
-}
-
-/// The properties of anything Herald queues for the dispatcher, as the job contract prescribes:
-/// JSON, persistent, its id as `message_id`, and its contract's version as `type`.
-fn dispatch_properties(message_id: &str, amqp_type: &str, headers: FieldTable) -> BasicProperties {
-    BasicProperties::default()
-        .with_type(ShortString::from(amqp_type))
-        .with_content_type(ShortString::from("application/json"))
-        .with_delivery_mode(2)
-        .with_message_id(message_id.into())
-        .with_headers(headers)
 }

@@ -67,6 +67,63 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
+/// The RabbitMQ nodes to use (`HERALD_AMQP_URL`): one, or several nodes of one cluster,
+/// comma-separated. They are tried in turn on connect and on every reconnect, so losing the
+/// node a service is connected to moves it to the next one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpNodes(Vec<SecretUrl>);
+
+impl AmqpNodes {
+    /// The nodes, in the order given (never empty).
+    pub fn urls(&self) -> &[SecretUrl] {
+        &self.0
+    }
+}
+
+impl FromStr for AmqpNodes {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut nodes = Vec::new();
+        for (position, raw) in s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .enumerate()
+        {
+            // Named by position, not shown: the text may hold a password.
+            let url = Url::parse(raw)
+                .map_err(|e| format!("node {} of the list is not a URL ({e})", position + 1))?;
+            if !matches!(url.scheme(), "amqp" | "amqps") {
+                return Err("must be an amqp:// or amqps:// URL, or a comma-separated list".into());
+            }
+            nodes.push(SecretUrl(url));
+        }
+        if nodes.is_empty() {
+            return Err("is empty".into());
+        }
+        Ok(Self(nodes))
+    }
+}
+
+impl fmt::Display for AmqpNodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (position, node) in self.0.iter().enumerate() {
+            if position > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{node}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for AmqpNodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
 /// Where Redis is: one server, or a Redis Cluster (`redis+cluster://seed` or a comma-separated
 /// list of nodes).
 #[derive(Clone, PartialEq, Eq)]
@@ -87,7 +144,8 @@ impl FromStr for RedisTarget {
                 None => (raw.to_owned(), false),
             };
             cluster |= is_cluster;
-            let url = Url::parse(&raw).map_err(|e| format!("{raw:?} is not a URL ({e})"))?;
+            // Not shown: the text may hold a password.
+            let url = Url::parse(&raw).map_err(|e| format!("a node is not a URL ({e})"))?;
             if !matches!(url.scheme(), "redis" | "rediss") {
                 return Err(
                     "must be redis://, rediss://, redis+cluster:// or a list of them".into(),
@@ -129,5 +187,28 @@ mod tests {
         let listed: RedisTarget = "redis://a:7000, redis://b:7001".parse().unwrap();
         assert!(matches!(listed, RedisTarget::Cluster(n) if n.len() == 2));
         assert!("http://a".parse::<RedisTarget>().is_err());
+    }
+
+    #[test]
+    fn rabbitmq_is_one_node_or_several() {
+        let one: AmqpNodes = "amqp://guest:pw@10.0.0.1:5672/%2f".parse().unwrap();
+        assert_eq!(one.urls().len(), 1);
+        assert!(!format!("{one:?}").contains("pw"));
+        let three: AmqpNodes = "amqp://a:5672, amqp://b:5673,amqps://c:5671/vh"
+            .parse()
+            .unwrap();
+        let hosts: Vec<_> = three
+            .urls()
+            .iter()
+            .map(|u| u.0.host_str().unwrap())
+            .collect();
+        assert_eq!(hosts, ["a", "b", "c"]);
+        assert_eq!(
+            three.to_string(),
+            "amqp://a:5672,amqp://b:5673,amqps://c:5671/vh"
+        );
+        for wrong in ["", " , ", "http://a", "amqp://a,redis://b", "not a url"] {
+            assert!(wrong.parse::<AmqpNodes>().is_err(), "{wrong:?} is accepted");
+        }
     }
 }

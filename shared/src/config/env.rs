@@ -44,6 +44,7 @@ impl Env {
             .ok_or_else(|| ConfigError::new(key, "is required but not set"))
     }
 
+    /// The variable parsed, or `default` when unset; a refusal shows the value given.
     pub(super) fn parse_or<T: FromStr>(
         &self,
         key: &'static str,
@@ -52,12 +53,42 @@ impl Env {
     where
         T::Err: fmt::Display,
     {
-        match self.get(key) {
-            None => Ok(default),
-            Some(raw) => raw
-                .parse()
-                .map_err(|e| ConfigError::new(key, format!("{raw:?}: {e}"))),
-        }
+        self.parse_showing(key, default, true)
+    }
+
+    /// [`Env::parse_or`] for a value that may hold a password (a connection URL): a refusal
+    /// names the variable and the reason, never the value.
+    pub(super) fn parse_secret_or<T: FromStr>(
+        &self,
+        key: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        self.parse_showing(key, default, false)
+    }
+
+    fn parse_showing<T: FromStr>(
+        &self,
+        key: &'static str,
+        default: T,
+        show_value: bool,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        let Some(raw) = self.get(key) else {
+            return Ok(default);
+        };
+        raw.parse().map_err(|e: T::Err| {
+            let reason = if show_value {
+                format!("{raw:?}: {e}")
+            } else {
+                e.to_string()
+            };
+            ConfigError::new(key, reason)
+        })
     }
 
     pub(super) fn duration_or(

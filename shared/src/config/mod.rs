@@ -11,8 +11,8 @@
 //!   [`DispatcherConfig`]) and how they are assembled from the variables. Every type is
 //!   re-exported here, so `herald_shared::config::X` names it whichever file holds it.
 //! - `env`: [`Env`], the variables, and [`ConfigError`], the variable that is wrong.
-//! - `connections`: where Redis and RabbitMQ are ([`RedisTarget`], [`SecretUrl`]) and the
-//!   [`Namespace`] used in them.
+//! - `connections`: where Redis and RabbitMQ are ([`RedisTarget`], [`AmqpNodes`],
+//!   [`SecretUrl`]) and the [`Namespace`] used in them.
 //! - `teams`: the bot's credentials and the Teams endpoints, from the cloud's preset, each
 //!   overridable, with the serviceUrl allowlist.
 //! - `telemetry`: the [`LogFormat`] and where spans go ([`TraceExport`]).
@@ -29,8 +29,10 @@ use std::{net::SocketAddr, time::Duration};
 use secrecy::SecretString;
 use url::Url;
 
+use crate::{calendar::Zone, webhooks::guard::WebhookGuard};
+
 pub use self::{
-    connections::{Namespace, RedisTarget, SecretUrl},
+    connections::{AmqpNodes, Namespace, RedisTarget, SecretUrl},
     env::{ConfigError, Env},
     sending::{DEFAULT_PREFETCH, RateLimit, RateLimits, RetrySchedule},
     teams::{BotCredentials, TeamsEndpoints},
@@ -42,34 +44,41 @@ pub use self::{
 pub struct CommonConfig {
     pub namespace: Namespace,
     pub redis: RedisTarget,
-    pub amqp_url: SecretUrl,
+    /// The RabbitMQ node, or the nodes of one cluster, tried in turn.
+    pub amqp: AmqpNodes,
     pub bot: BotCredentials,
     pub teams: TeamsEndpoints,
     /// How long a job's status record is kept after its last change.
     pub status_ttl: Duration,
+    /// The zone of a recipient whose own is unknown (and of targets that are not a user).
+    pub default_time_zone: Zone,
     pub log_format: LogFormat,
     pub log_filter: String,
     /// Where spans go: the standard `OTEL_*` variables decide.
     pub traces: TraceExport,
+    /// Where webhooks may be sent (`HERALD_WEBHOOK_ALLOWLIST`; the ingress checks a URL when
+    /// a webhook is made, the dispatcher at every send).
+    pub webhook_guard: WebhookGuard,
+    /// The backoff between a webhook's attempts (`HERALD_WEBHOOK_RETRY_SCHEDULE`); after the
+    /// last step it is given up.
+    pub webhook_retry_schedule: RetrySchedule,
 }
 
 impl CommonConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let namespace = env.parse_or("HERALD_NAMESPACE", Namespace("herald".into()))?;
-        let redis = env.parse_or(
+        let redis = env.parse_secret_or(
             "HERALD_REDIS_URL",
             RedisTarget::Single(SecretUrl(
                 Url::parse("redis://127.0.0.1:6379").expect("a valid URL"),
             )),
         )?;
-        let amqp_url =
-            SecretUrl(env.url_or("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")?);
-        if !matches!(amqp_url.0.scheme(), "amqp" | "amqps") {
-            return Err(ConfigError::new(
-                "HERALD_AMQP_URL",
-                "must be an amqp:// or amqps:// URL",
-            ));
-        }
+        let amqp = env.parse_secret_or(
+            "HERALD_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+                .parse::<AmqpNodes>()
+                .expect("a valid default"),
+        )?;
         let bot = BotCredentials {
             app_id: env.required("HERALD_APP_ID")?.to_owned(),
             app_password: SecretString::from(env.required("HERALD_APP_PASSWORD")?.to_owned()),
@@ -79,13 +88,20 @@ impl CommonConfig {
         Ok(Self {
             namespace,
             redis,
-            amqp_url,
+            amqp,
             bot,
             teams,
             status_ttl: env.duration_or("HERALD_STATUS_TTL", Duration::from_secs(7 * 24 * 3600))?,
+            default_time_zone: env.parse_or("HERALD_DEFAULT_TIME_ZONE", Zone::UTC)?,
             log_format: env.parse_or("HERALD_LOG_FORMAT", LogFormat::Json)?,
             log_filter: env.get("RUST_LOG").unwrap_or("info").to_owned(),
             traces: TraceExport::from_env(env)?,
+            webhook_guard: WebhookGuard::from_env_value(env.get("HERALD_WEBHOOK_ALLOWLIST"))
+                .map_err(|e| ConfigError::new("HERALD_WEBHOOK_ALLOWLIST", e))?,
+            webhook_retry_schedule: env.parse_or(
+                "HERALD_WEBHOOK_RETRY_SCHEDULE",
+                "5s,5m,30m,2h,5h,10h".parse().expect("the default parses"),
+            )?,
         })
     }
 }
@@ -231,6 +247,7 @@ mod tests {
             ("HERALD_SERVICE_URL_ALLOWLIST", "ftp://x"),
             ("HERALD_HTTP_ADDR", "nowhere"),
             ("HERALD_REDIS_URL", "http://127.0.0.1"),
+            ("HERALD_AMQP_URL", "amqp://a:5672,http://b"),
         ] {
             let mut env = base();
             env.set(key, value);
@@ -252,5 +269,22 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
         assert_eq!(c.api_keys.expose_secret(), "k-123,k-456");
+    }
+
+    #[test]
+    fn a_refused_connection_url_is_not_shown_in_the_error() {
+        for (key, value) in [
+            (
+                "HERALD_AMQP_URL",
+                "amqp://user:hunter2@rabbit:5672/%2f,amqp://user:hunter2@[x",
+            ),
+            ("HERALD_REDIS_URL", "redis://:hunter2@[x"),
+        ] {
+            let mut env = base();
+            env.set(key, value);
+            let err = IngressConfig::from_env(&env).unwrap_err();
+            assert_eq!(err.variable, key);
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
     }
 }

@@ -19,6 +19,11 @@ impl RetrySchedule {
         let index = (retry.max(1) as usize - 1).min(self.0.len() - 1);
         self.0[index]
     }
+
+    /// How many steps it lists (the last one repeats beyond them).
+    pub fn steps(&self) -> usize {
+        self.0.len()
+    }
 }
 
 impl FromStr for RetrySchedule {

@@ -18,8 +18,14 @@ const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6865_7261_6c64_4964_656d_0
 /// Names Herald's own job ids (UUID v5 over namespace, conversation, install, kind).
 const JOB_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6865_7261_6c64_4a6f_6273_0000_0000_0001);
 
+/// Names the jobs of a schedule's occurrences (UUID v5 over schedule id and instant).
+const OCCURRENCE_NAMESPACE: Uuid = Uuid::from_u128(0x6865_7261_6c64_5363_6865_0000_0000_0001);
+
 /// The longest id accepted: it is part of Redis keys and AMQP message ids.
 const MAX_LEN: usize = 128;
+
+/// [`JobId::is_valid`] as a regular expression, for the OpenAPI document and the job schema.
+const PATTERN: &str = "^[!-~]+$";
 
 /// A job's id: 1–128 printable ASCII characters (no spaces), so that it is safe in a Redis
 /// key, an AMQP message id and a URL path segment.
@@ -62,6 +68,16 @@ impl JobId {
     ) -> Self {
         let name = format!("{namespace}/{conversation_id}/{generation}/{kind}");
         Uuid::new_v5(&JOB_ID_NAMESPACE, name.as_bytes()).into()
+    }
+
+    /// The id of the job a schedule's occurrence at `instant` becomes: the same on every
+    /// replica and at every retry, so an occurrence is never sent twice.
+    pub fn for_occurrence(schedule_id: &str, instant: time::OffsetDateTime) -> Self {
+        let name = format!(
+            "{schedule_id}/{}",
+            instant.unix_timestamp_nanos() / 1_000_000
+        );
+        Uuid::new_v5(&OCCURRENCE_NAMESPACE, name.as_bytes()).into()
     }
 
     pub fn as_str(&self) -> &str {
@@ -126,6 +142,25 @@ impl fmt::Display for JobId {
     }
 }
 
+/// The OpenAPI schema states the same rule [`JobId::is_valid`] checks.
+impl utoipa::PartialSchema for JobId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_LEN))
+            .pattern(Some(PATTERN))
+            .description(Some(
+                "A job's id: 1-128 printable ASCII characters, no spaces. The same id again \
+                 names the same job, never a second message.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for JobId {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +187,19 @@ mod tests {
             JobId::for_install("herald", "a:1", 4, "welcome"),
             "a reinstall greets again"
         );
+    }
+
+    #[test]
+    fn each_occurrence_of_a_schedule_names_its_own_job() {
+        let at = time::macros::datetime!(2026-12-07 09:00 UTC);
+        let occurrence = JobId::for_occurrence("weekly-standup", at);
+        assert_eq!(occurrence.as_str(), "8ce9719c-0d19-58f5-8004-3b8c72367580");
+        assert_eq!(occurrence, JobId::for_occurrence("weekly-standup", at));
+        assert_ne!(
+            occurrence,
+            JobId::for_occurrence("weekly-standup", at + time::Duration::DAY)
+        );
+        assert_ne!(occurrence, JobId::for_occurrence("daily-digest", at));
     }
 
     #[test]

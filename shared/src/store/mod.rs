@@ -1,11 +1,17 @@
-//! Redis stores: conversation references and job status records, and the shared connection
-//! other crates' stores (the dispatcher's pacer) build on.
+//! Redis stores: conversation references, job status records, the messages sent (for card
+//! actions and read receipts), timers (messages parked until due) and users' clocks (time
+//! zone, quiet hours), and the shared connection other crates' stores (the dispatcher's pacer)
+//! build on.
 //!
 //! Keys are `{namespace}:{kind}:{id}`. Every script touches a single key, or keys that share a
-//! hash tag (pacing), so that they would run unchanged on a Redis Cluster.
+//! hash tag (pacing, timers), so that they would run unchanged on a Redis Cluster.
 
 mod conversation;
+mod schedules;
+mod sent;
 mod status;
+pub mod timers;
+mod users;
 
 use std::time::Duration;
 
@@ -16,6 +22,7 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
 };
 
 pub use self::{
@@ -23,7 +30,11 @@ pub use self::{
         ActivityEffect, ConversationAddress, ConversationKind, ConversationRef, ConversationStore,
         InstallState, RecordedActivity,
     },
-    status::{BeginSend, Cancel, JobStatus, Outcome, StatusRecord, StatusStore},
+    schedules::{ScheduleChange, ScheduleStore},
+    sent::{Remember, SentMessage, SentStore},
+    status::{BeginSend, Cancel, JobStatus, Outcome, Stamp, StatusRecord, StatusStore},
+    timers::{Claimed, PARTITIONS, TimerStore},
+    users::{Profile, ProfileChange, UserStore},
 };
 use crate::config::{Namespace, RedisTarget};
 
@@ -104,6 +115,33 @@ impl Redis {
         matches!(self.connection, Connection::Cluster(_))
     }
 
+    /// On a Redis Cluster, waits (up to [`REPLICA_WAIT`]) until a replica of the master
+    /// holding `key` has every write this process sent that master so far, so that a failover
+    /// right after cannot lose it (Redis replicates asynchronously). Answers whether a replica
+    /// confirmed; on a single server there is nothing to wait for, and it answers true.
+    pub(crate) async fn replicated(&self, key: &str) -> Result<bool, StoreError> {
+        let Connection::Cluster(cluster) = &self.connection else {
+            return Ok(true);
+        };
+        let mut connection = cluster.get().await?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(REPLICA_WAIT.as_millis() as u64);
+        let route = Route::with_key(key, SlotAddr::Master);
+        let acked: i64 = redis::from_redis_value(
+            connection
+                .route_command(
+                    wait,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await?,
+        )
+        .map_err(|e| StoreError::Malformed {
+            key: key.to_owned(),
+            reason: format!("WAIT answered {e}"),
+        })?;
+        Ok(acked >= 1)
+    }
+
     /// Whether Redis answers a PING now (readiness).
     pub async fn ping(&self) -> bool {
         let mut conn = self.conn();
@@ -115,6 +153,10 @@ impl Redis {
         )
     }
 }
+
+/// How long a write that must outlive a failover waits for a replica (see
+/// [`Redis::replicated`]).
+pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -81,7 +81,6 @@ impl fmt::Display for JobStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusRecord {
-    #[schema(value_type = String)]
     pub id: JobId,
     pub status: JobStatus,
     /// Calls made to Teams for this job.
@@ -97,6 +96,13 @@ pub struct StatusRecord {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     pub last_error: Option<String>,
+    /// When a read receipt first covered the delivered message.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub read_at: Option<OffsetDateTime>,
     /// Whether the job is known to be in the broker (its publish was confirmed).
     #[serde(skip)]
     pub published: bool,
@@ -132,6 +138,7 @@ impl StatusRecord {
             created_at: now,
             updated_at: now,
             last_error: None,
+            read_at: None,
             published: false,
             content_hash: None,
             service_url: None,
@@ -177,6 +184,7 @@ impl StatusRecord {
             to: serde_json::from_str(h.get("to").ok_or_else(|| malformed("no to".into()))?)
                 .map_err(|e| malformed(format!("bad to: {e}")))?,
             deliver_at: h.get("deliverAt").and_then(|s| parse_rfc3339(s)),
+            read_at: h.get("readAt").and_then(|s| parse_rfc3339(s)),
             created_at: time_field(&h, "createdAt")?,
             updated_at: time_field(&h, "updatedAt")?,
             published: h.get("published").is_some_and(|p| p == "1"),
@@ -204,6 +212,15 @@ fn sorted_json(target: &Target) -> serde_json::Value {
 
 fn serialize_sorted<S: Serializer>(target: &Target, serializer: S) -> Result<S::Ok, S::Error> {
     sorted_json(target).serialize(serializer)
+}
+
+/// The event a status change is told by: the change's script writes `field` = `event_id`
+/// with the change itself, which is the outbox's proof that the change was recorded
+/// ([`crate::events::outbox`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    pub field: &'a str,
+    pub event_id: &'a str,
 }
 
 /// What `begin_send` found.
@@ -332,7 +349,8 @@ pub enum Cancel {
     Ended(StatusRecord),
 }
 
-/// Cancels a job not yet sent (ARGV: now, ttl ms). Answers the status found (before any
+/// Cancels a job not yet sent (ARGV: now, ttl ms, the event stamp's field and id or two empty
+/// strings). Answers the status found (before any
 /// change) and the record.
 static CANCEL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -342,9 +360,24 @@ local status = redis.call('HGET', key, 'status')
 if not status then return {} end
 if status == 'scheduled' or status == 'queued' then
   redis.call('HSET', key, 'status', 'cancelled', 'updatedAt', ARGV[1])
+  if ARGV[3] ~= '' then redis.call('HSET', key, ARGV[3], ARGV[4]) end
   redis.call('PEXPIRE', key, ARGV[2])
 end
 return {status, redis.call('HGETALL', key)}
+"#,
+    )
+});
+
+/// A job not yet sent waits until ARGV[1] (its window, or the recipient's quiet hours):
+/// `scheduled`, with that `deliverAt` (ARGV[2]: now), kept for ARGV[3] ms.
+static HOLD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'scheduled' and status ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'scheduled', 'deliverAt', ARGV[1], 'updatedAt', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 "#,
     )
 });
@@ -374,6 +407,19 @@ return 1
     )
 });
 
+/// A read receipt covers a delivered message (ARGV: readAt, event stamp field, event id):
+/// 1 if this is the first receipt to, 0 otherwise.
+static MARK_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local found = redis.call('HMGET', KEYS[1], 'status', 'readAt')
+if found[1] ~= 'delivered' or found[2] then return 0 end
+redis.call('HSET', KEYS[1], 'readAt', ARGV[1], ARGV[2], ARGV[3])
+return 1
+"#,
+    )
+});
+
 #[derive(Debug, Clone)]
 pub struct StatusStore {
     redis: Redis,
@@ -390,13 +436,20 @@ impl StatusStore {
     }
 
     /// Creates the record; if one exists already, returns it instead (`Err(existing)`).
+    ///
+    /// A job due later keeps its record until the TTL has run from its due time, not from
+    /// now: a job scheduled a month ahead is still there to look up, cancel and guard.
     pub async fn create(
         &self,
         record: &StatusRecord,
     ) -> Result<Result<(), StatusRecord>, StoreError> {
         let key = self.key(&record.id);
+        let until_due = record
+            .deliver_at
+            .and_then(|at| Duration::try_from(at - record.created_at).ok())
+            .unwrap_or_default();
         let mut cmd = CREATE.prepare_invoke();
-        cmd.key(&key).arg(self.ttl.as_millis() as u64);
+        cmd.key(&key).arg((self.ttl + until_due).as_millis() as u64);
         for (field, value) in record.fields() {
             cmd.arg(field).arg(value);
         }
@@ -406,6 +459,25 @@ impl StatusStore {
         } else {
             StatusRecord::from_hash(&key, existing).map(Err)
         }
+    }
+
+    /// Records that a job not yet sent waits until `until` (`scheduled`, with that
+    /// `deliverAt`); false if it is being sent or has ended.
+    pub async fn hold(
+        &self,
+        id: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let until_due = Duration::try_from(until - now).unwrap_or_default();
+        let held: u8 = HOLD
+            .key(self.key(id))
+            .arg(rfc3339(until))
+            .arg(rfc3339(now))
+            .arg((self.ttl + until_due).as_millis() as u64)
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        Ok(held == 1)
     }
 
     /// Notes that the jobs' publishes were confirmed by the broker.
@@ -491,12 +563,15 @@ impl StatusStore {
         &self,
         id: &str,
         now: OffsetDateTime,
+        stamp: Option<Stamp<'_>>,
     ) -> Result<Option<Cancel>, StoreError> {
         let key = self.key(id);
         let reply: redis::Value = CANCEL
             .key(&key)
             .arg(rfc3339(now))
             .arg(self.ttl.as_millis() as u64)
+            .arg(stamp.map_or("", |s| s.field))
+            .arg(stamp.map_or("", |s| s.event_id))
             .invoke_async(&mut self.redis.conn())
             .await?;
         let malformed = |reason: &str| StoreError::Malformed {
@@ -552,6 +627,30 @@ impl StatusStore {
             .invoke_async(&mut self.redis.conn())
             .await?;
         Ok(done == 1)
+    }
+
+    /// Marks a delivered message read at `read_at`, stamped with its event; true if this was
+    /// the first read receipt to cover it (false: one did before, or it is not delivered, or
+    /// gone).
+    pub async fn mark_read(
+        &self,
+        id: &str,
+        read_at: OffsetDateTime,
+        stamp: Stamp<'_>,
+    ) -> Result<bool, StoreError> {
+        let first: u8 = MARK_READ
+            .key(self.key(id))
+            .arg(rfc3339(read_at))
+            .arg(stamp.field)
+            .arg(stamp.event_id)
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        Ok(first == 1)
+    }
+
+    /// The key of job `id`'s record (where an event's proof is looked for).
+    pub fn record_key(&self, id: &str) -> String {
+        self.key(id)
     }
 
     /// Notes the result of an edit or deletion of the delivered message (`None`: it worked).

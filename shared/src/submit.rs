@@ -1,14 +1,17 @@
-//! Submitting a job: its status record first, then the confirmed publish, so that every job
-//! in the broker has a record, and a submission repeated after a failure (a 503, Teams' retry,
-//! a caller's retry with the same id or idempotency key) publishes the job at most once more
-//! and never creates a second one.
+//! Submitting a job: its status record first, then the confirmed publish (or, for a job due
+//! later, its timer in Redis), so that every queued job has a record, and a submission
+//! repeated after a failure (a 503, Teams' retry, a caller's retry with the same id or
+//! idempotency key, a schedule's occurrence handled again) publishes the job at most once
+//! more and never creates a second one.
 
 use std::time::Duration;
 
-use herald_shared::{
-    amqp::{PublishError, Publisher, headers},
-    job::Job,
-    store::{StatusRecord, StatusStore, StoreError},
+use crate::{
+    amqp::{DispatchMessage, headers},
+    calendar::{RecipientClock, Zone},
+    job::{Job, Target, Timing},
+    store::{StatusRecord, StatusStore, StoreError, UserStore},
+    timers::{DispatchQueue, QueueError},
 };
 use lapin::types::FieldTable;
 use time::OffsetDateTime;
@@ -18,7 +21,7 @@ pub enum SubmitError {
     #[error("the job's status could not be stored")]
     Store(#[from] StoreError),
     #[error("the job could not be queued")]
-    Publish(#[from] PublishError),
+    Queue(#[from] QueueError),
     /// The id (or idempotency key) names a job that asked for something else.
     #[error("job {} exists with different content", .0.id)]
     Conflict(Box<StatusRecord>),
@@ -45,7 +48,10 @@ pub struct Submitted {
 #[derive(Debug, Clone)]
 pub struct Enqueuer {
     pub statuses: StatusStore,
-    pub publisher: Publisher,
+    pub queue: DispatchQueue,
+    /// Users' clocks, for jobs due at a local time or within a window.
+    pub users: UserStore,
+    pub default_time_zone: Zone,
 }
 
 impl Enqueuer {
@@ -56,9 +62,10 @@ impl Enqueuer {
         now: OffsetDateTime,
     ) -> Result<Submitted, SubmitError> {
         let content_hash = job.content_hash();
+        let due = self.due(&job, now).await?;
         let mut record = StatusRecord {
             content_hash: Some(content_hash.clone()),
-            ..StatusRecord::new(&job.id, job.to.clone(), job.deliver_at, now)
+            ..StatusRecord::new(&job.id, job.to.clone(), due, now)
         };
         let created = match self.statuses.create(&record).await? {
             Ok(()) => true,
@@ -78,25 +85,53 @@ impl Enqueuer {
                 }
                 // An earlier submission stored the record but could not publish: finish it,
                 // keeping its due time.
-                job.deliver_at = existing.deliver_at;
+                if job.timing.deliver_at_local.is_none() {
+                    job.deliver_at = existing.deliver_at;
+                }
                 record = existing;
                 false
             }
         };
         let body = serde_json::to_vec(&job).expect("a job always serializes");
-        let delay = job
+        let delay = record
             .deliver_at
             .map(|at| Duration::try_from(at - now).unwrap_or_default())
             .unwrap_or_default();
         // The dispatcher's span continues the trace of the request that queued the job.
         let mut amqp_headers = FieldTable::default();
         headers::set_trace_context(&mut amqp_headers);
-        self.publisher
-            .publish_job(&job.id, &body, delay, amqp_headers)
-            .await?;
+        let message = DispatchMessage::job(&job.id, body, amqp_headers);
+        self.queue.send(&message, delay).await?;
         self.statuses.mark_published(&[&job.id]).await?;
         record.published = true;
-        tracing::info!(job_id = %job.id, deliver_at = ?job.deliver_at, "job queued");
+        tracing::info!(job_id = %job.id, deliver_at = ?record.deliver_at, "job queued");
         Ok(Submitted { record, created })
+    }
+
+    /// When the job is due, as its record says it: `deliverAt`, or the instant its local
+    /// time, window and (when the recipient's zone is read) quiet hours give, if later than
+    /// now. The dispatcher looks again when it is due, so a zone or quiet hours changed
+    /// meanwhile still count.
+    async fn due(
+        &self,
+        job: &Job,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, SubmitError> {
+        if job.timing == Timing::default() {
+            return Ok(job.deliver_at);
+        }
+        let clock = match &job.to {
+            Target::User(user) if job.timing.needs_recipient_zone() => {
+                self.users
+                    .clock(&user.tenant_id, &user.aad_object_id, self.default_time_zone)
+                    .await?
+            }
+            _ => RecipientClock::in_zone(self.default_time_zone),
+        };
+        Ok(match job.send_time(now, &clock) {
+            Ok(at) if at > now => Some(at),
+            // Due now; or never, which the dispatcher records as the job's failure.
+            _ => job.deliver_at,
+        })
     }
 }

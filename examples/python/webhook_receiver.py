@@ -1,0 +1,65 @@
+"""A webhook receiver for Herald's events, verifying each delivery's signature with the
+`standardwebhooks` library (the Standard Webhooks reference implementation), not Herald's code.
+
+Run:  HERALD_WEBHOOK_SECRET=whsec_... python webhook_receiver.py --port 8000
+then make a webhook pointing at it:
+
+    curl -X POST http://localhost:3978/v1/webhooks -H "Authorization: Bearer $KEY" \
+      -H 'Content-Type: application/json' \
+      -d '{"url": "http://receiver.example:8000/", "types": ["herald.notification.*"]}'
+
+Each verified event is printed as one JSON line: {"webhookId": ..., "event": {...}}.
+`--fail-first N` answers 500 to the first N deliveries (to watch Herald retry).
+"""
+
+import argparse
+import json
+import os
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--fail-first", type=int, default=0)
+    args = parser.parse_args()
+    verifier = Webhook(os.environ["HERALD_WEBHOOK_SECRET"])
+    failures_left = [args.fail_first]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the http.server name)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            try:
+                event = verifier.verify(body, headers)
+            except WebhookVerificationError as error:
+                print(json.dumps({"rejected": str(error)}), flush=True)
+                self.send_response(400)
+                self.end_headers()
+                return
+            if failures_left[0] > 0:
+                failures_left[0] -= 1
+                print(json.dumps({"failed": headers["webhook-id"]}), flush=True)
+                self.send_response(500)
+                self.end_headers()
+                return
+            print(json.dumps({"webhookId": headers["webhook-id"], "event": event}), flush=True)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args) -> None:
+            pass  # stdout carries only the events
+
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    print(json.dumps({"listening": args.port}), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

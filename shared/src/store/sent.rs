@@ -1,0 +1,168 @@
+//! The messages Herald sent, by the Teams activity they became: what a card's button press
+//! (which names the message by its activity id) and a read receipt (which names the last
+//! message read in a chat) are tied back to.
+//!
+//! - `{ns}:sent:{<conversation>}:<activity>`: the notification (and its `onAction`), for as
+//!   long as status records are kept.
+//! - `{ns}:unread:{<conversation>}`: a sorted set of the chat's delivered, unread
+//!   notifications scored by activity id. Teams' personal-chat activity ids are epoch
+//!   milliseconds and read receipts compare them as numbers (`id <= lastReadMessageId`), so a
+//!   receipt is one range query; messages with ids that are not numbers are never marked read,
+//!   as in Teams' own SDKs. Entries older than the retention are pruned as new ones come.
+//!
+//! Both keys of a conversation share a hash tag, so they sit on one Redis Cluster slot.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::{Redis, StoreError};
+use crate::job::OnAction;
+
+/// What a sent message is tied to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SentMessage {
+    pub notification_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_action: Option<OnAction>,
+}
+
+/// What may come back for a sent message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remember {
+    /// A personal chat's: read receipts come for it.
+    pub personal: bool,
+    /// Its card has buttons that come back to the bot.
+    pub has_actions: bool,
+}
+
+/// About one message in this many prunes its chat's unread set (by activity id, which is
+/// epoch milliseconds: as good as random here).
+const PRUNE_EVERY: u64 = 16;
+
+#[derive(Debug, Clone)]
+pub struct SentStore {
+    redis: Redis,
+    ttl: Duration,
+}
+
+impl SentStore {
+    pub fn new(redis: Redis, ttl: Duration) -> Self {
+        Self { redis, ttl }
+    }
+
+    fn sent_key(&self, conversation_id: &str, activity_id: &str) -> String {
+        format!(
+            "{}:sent:{{{conversation_id}}}:{activity_id}",
+            self.redis.namespace()
+        )
+    }
+
+    fn unread_key(&self, conversation_id: &str) -> String {
+        format!("{}:unread:{{{conversation_id}}}", self.redis.namespace())
+    }
+
+    /// Notes that `message` became activity `activity_id` of the conversation, as far as
+    /// anything can come back for it: a press when its card `has_actions`, a read receipt when
+    /// the chat is `personal` (it is unread until one covers it). Nothing else is written.
+    pub async fn remember(
+        &self,
+        conversation_id: &str,
+        activity_id: &str,
+        Remember {
+            personal,
+            has_actions,
+        }: Remember,
+        message: &SentMessage,
+    ) -> Result<(), StoreError> {
+        // Read receipts compare activity ids as numbers; a message whose id is not one is
+        // never covered by a receipt.
+        let unread_number = personal.then(|| activity_id.parse::<u64>().ok()).flatten();
+        if !has_actions && unread_number.is_none() {
+            return Ok(());
+        }
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        if has_actions {
+            let body = serde_json::to_string(message).expect("a sent message always serializes");
+            pipe.cmd("SET")
+                .arg(self.sent_key(conversation_id, activity_id))
+                .arg(body)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+        }
+        if let Some(number) = unread_number {
+            let unread = self.unread_key(conversation_id);
+            pipe.zadd(&unread, &message.notification_id, number)
+                .ignore()
+                .pexpire(&unread, ttl_ms as i64)
+                .ignore();
+            // Pruning what is past the retention now and then is enough (a set of unread
+            // messages grows only by the chat's own messages).
+            if number % PRUNE_EVERY == 0 {
+                let retained_from = number.saturating_sub(ttl_ms);
+                pipe.zrembyscore(&unread, "-inf", format!("({retained_from}"))
+                    .ignore();
+            }
+        }
+        let () = pipe.query_async(&mut self.redis.conn()).await?;
+        Ok(())
+    }
+
+    /// The message that became activity `activity_id` of the conversation, if Herald sent it.
+    pub async fn find(
+        &self,
+        conversation_id: &str,
+        activity_id: &str,
+    ) -> Result<Option<SentMessage>, StoreError> {
+        let key = self.sent_key(conversation_id, activity_id);
+        let body: Option<String> = self.redis.conn().get(&key).await?;
+        body.map(|body| {
+            serde_json::from_str(&body).map_err(|e| StoreError::Malformed {
+                key,
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// The unread notifications of the conversation whose activity id is at most
+    /// `last_read`, with their activity ids.
+    pub async fn unread_up_to(
+        &self,
+        conversation_id: &str,
+        last_read: u64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let found: Vec<(String, u64)> = self
+            .redis
+            .conn()
+            .zrangebyscore_withscores(self.unread_key(conversation_id), "-inf", last_read)
+            .await?;
+        Ok(found
+            .into_iter()
+            .map(|(notification, activity)| (notification, activity.to_string()))
+            .collect())
+    }
+
+    /// Takes notifications out of the conversation's unread set (a receipt covered them).
+    pub async fn mark_read(
+        &self,
+        conversation_id: &str,
+        notification_ids: &[String],
+    ) -> Result<(), StoreError> {
+        if notification_ids.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .redis
+            .conn()
+            .zrem(self.unread_key(conversation_id), notification_ids)
+            .await?;
+        Ok(())
+    }
+}
