@@ -1,14 +1,15 @@
 //! Consuming `{ns}.dispatch`: one consumer per broker link, one task per delivery, at most
 //! `HERALD_PREFETCH` deliveries in flight (the broker stops sending until some are acked).
 //!
-//! A consumer that has taken work and then has had nothing to do for [`RESTART_WHEN_IDLE`]
-//! is restarted once, on a new channel. The reason is a RabbitMQ fault: when a quorum queue's
-//! leader dies while deliveries are on their way to a consumer on another node, the new
-//! leader can count some of them as delivered to that consumer although they never arrived
-//! (the queue shows them unacked, no channel holds them). They come back only when the
-//! consumer's channel closes. Restarting an idle consumer is cheap, loses nothing (nothing is
-//! in flight on it) and bounds how long such messages wait; it happens at most once per spell
-//! of work.
+//! A consumer that has had nothing to do for [`RESTART_WHEN_IDLE`] is restarted on a new
+//! channel. The reason is a RabbitMQ fault: when a quorum queue's leader dies while deliveries
+//! are on their way to a consumer on another node, the new leader can count some of them as
+//! delivered to that consumer although they never arrived (the queue shows them unacked, no
+//! handler holds them). They come back only when the consumer's channel closes. Restarting an
+//! idle consumer is cheap and loses nothing (nothing is in work on it). Each restart with no
+//! work between doubles the wait for the next, up to [`RESTART_WHEN_IDLE_AT_MOST`]: a
+//! stranded delivery waits at most that long, whatever the consumer did before, and an idle
+//! dispatcher opens a channel about once a minute.
 
 use std::{sync::Arc, time::Duration};
 
@@ -44,7 +45,7 @@ pub async fn consume(
 ) -> JoinSet<()> {
     let mut in_flight = JoinSet::new();
     let mut links = broker.watch();
-    let mut took_work = false;
+    let mut restart_after = RESTART_WHEN_IDLE;
     loop {
         let link = links.borrow_and_update().clone();
         match link {
@@ -56,7 +57,7 @@ pub async fn consume(
                     prefetch,
                     stop: &stop,
                 };
-                if let Err(error) = consuming.run(&mut in_flight, &mut took_work).await {
+                if let Err(error) = consuming.run(&mut in_flight, &mut restart_after).await {
                     tracing::warn!(
                         error = %Chain(&error),
                         "consuming stopped; waiting for the broker link"
@@ -80,8 +81,11 @@ pub async fn consume(
 }
 
 /// After this long with nothing delivered and nothing in work, a consumer that took work
-/// since it started is restarted (see the module docs).
+/// since its last restart is restarted (see the module docs).
 pub const RESTART_WHEN_IDLE: Duration = Duration::from_secs(10);
+
+/// The longest an idle consumer goes without a restart.
+pub const RESTART_WHEN_IDLE_AT_MOST: Duration = Duration::from_secs(60);
 
 /// One consumer on one broker link.
 struct Consuming<'a> {
@@ -94,15 +98,20 @@ struct Consuming<'a> {
 
 impl Consuming<'_> {
     /// Consumes the link's deliveries, spawning a handler for each into `in_flight`, until
-    /// `stop`, the link's end, or an idle restart. `took_work` says whether this consumer
-    /// (or the one before it on this link) has taken a delivery since the last restart.
+    /// `stop`, the link's end, or an idle restart. `restart_after` is how long the consumer
+    /// may be idle before that restart: [`RESTART_WHEN_IDLE`] once it takes a delivery,
+    /// doubled by every restart after which it took none.
     ///
     /// # Cancel safety
     /// The `select!` takes at most one delivery per turn and spawns its handler in the same
     /// turn, so a branch that loses the race has taken nothing: `consumer.next()` is cancel
     /// safe (an unpolled delivery waits in lapin's buffer), and so are `stop.cancelled()`,
     /// `join_next()` and the idle timer.
-    async fn run(&self, in_flight: &mut JoinSet<()>, took_work: &mut bool) -> lapin::Result<()> {
+    async fn run(
+        &self,
+        in_flight: &mut JoinSet<()>,
+        restart_after: &mut Duration,
+    ) -> lapin::Result<()> {
         let Self {
             broker,
             link,
@@ -143,7 +152,7 @@ impl Consuming<'_> {
         let at_work = Arc::new(());
         let mut quiet_since = Instant::now();
         loop {
-            let idle = *took_work && Arc::strong_count(&at_work) == 1;
+            let idle = Arc::strong_count(&at_work) == 1;
             tokio::select! {
                 _ = stop.cancelled() => {
                     // Stop taking work; deliveries in flight finish (or are abandoned)
@@ -153,7 +162,7 @@ impl Consuming<'_> {
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        *took_work = true;
+                        *restart_after = RESTART_WHEN_IDLE;
                         quiet_since = Instant::now();
                         let (handler, settler, working) = (Arc::clone(handler), settler.clone(), at_work.clone());
                         in_flight.spawn(async move {
@@ -167,9 +176,13 @@ impl Consuming<'_> {
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
                     quiet_since = Instant::now();
                 }
-                _ = tokio::time::sleep_until(quiet_since + RESTART_WHEN_IDLE), if idle => {
-                    tracing::info!(idle = ?RESTART_WHEN_IDLE, "nothing to do since the last work; restarting the consumer, so that no delivery is left behind on it");
-                    *took_work = false;
+                _ = tokio::time::sleep_until(quiet_since + *restart_after), if idle => {
+                    if *restart_after == RESTART_WHEN_IDLE {
+                        tracing::info!(idle = ?restart_after, "nothing to do; restarting the consumer, so that no delivery is left behind on it");
+                    } else {
+                        tracing::debug!(idle = ?restart_after, "still nothing to do; restarting the consumer");
+                    }
+                    *restart_after = (*restart_after * 2).min(RESTART_WHEN_IDLE_AT_MOST);
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     // The channel closes once the settler has sent its last acks and lets go.
                     return Ok(());

@@ -4,6 +4,7 @@
 
 pub mod proxy;
 pub mod rabbit_cluster;
+pub mod replica;
 
 use std::{
     future::Future,
@@ -273,6 +274,15 @@ impl Drop for TestStack {
     }
 }
 
+/// A TCP port free on 127.0.0.1 now (for a process the test starts to listen on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Calls `/v1` as another service would; every answer is (status, JSON body).
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -282,6 +292,12 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// The same client, for the ingress at `ingress_url` (a replica of the test's own).
+    pub fn at(mut self, ingress_url: &str) -> Self {
+        self.base = format!("{ingress_url}/v1");
+        self
+    }
+
     pub fn without_key(mut self) -> Self {
         self.key = None;
         self

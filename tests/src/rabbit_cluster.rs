@@ -228,6 +228,43 @@ impl RabbitCluster {
             })
             .collect::<Vec<_>>()
             .join("\n")
+            + &self.channel_report()
+    }
+
+    /// Every running node's channels that hold unacknowledged messages: which connection,
+    /// how many consumers and messages (where a stalled delivery sits).
+    fn channel_report(&self) -> String {
+        let mut report = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.process.is_none() {
+                continue;
+            }
+            let Some(output) = self.ctl(
+                i,
+                &[
+                    "list_channels",
+                    "name",
+                    "consumer_count",
+                    "messages_unacknowledged",
+                    "--formatter",
+                    "json",
+                    "--quiet",
+                ],
+            ) else {
+                continue;
+            };
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&output).unwrap_or_default();
+            for row in rows
+                .iter()
+                .filter(|row| row["messages_unacknowledged"].as_u64().unwrap_or(0) > 0)
+            {
+                report += &format!(
+                    "\nnode {i} channel {} consumers {} unacked {}",
+                    row["name"], row["consumer_count"], row["messages_unacknowledged"]
+                );
+            }
+        }
+        report
     }
 
     fn write_configs(&self) {

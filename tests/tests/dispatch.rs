@@ -357,12 +357,12 @@ async fn a_change_to_a_job_whose_record_is_corrupt_is_dead_lettered_and_the_cons
 }
 
 /// How many messages wait in the dead-letter queue, without taking them.
-/// A dispatcher that has done work and then has nothing to do restarts its consumer once, on a
-/// new channel: a RabbitMQ fault can leave deliveries stranded on a consumer when a quorum
-/// queue's leader dies (`tests/tests/scale_out.rs` meets it), and they come back only when the
-/// consumer's channel closes. One that stays idle does not restart again.
+/// A dispatcher with nothing to do restarts its consumer on a new channel, sooner after work
+/// and then less and less often: a RabbitMQ fault can leave deliveries stranded on a consumer
+/// when a quorum queue's leader dies (`tests/tests/scale_out.rs` meets it), and they come back
+/// only when the consumer's channel closes.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_consumer_idle_after_work_is_restarted_once() {
+async fn an_idle_consumer_is_restarted_and_less_often_the_longer_it_stays_idle() {
     let stack = stack_with(StackOptions::default()).await;
     let queue = Topology::new(stack.namespace.parse().unwrap()).dispatch_queue();
     let (user, _) = stack.installed_user().await;
@@ -379,14 +379,17 @@ async fn a_consumer_idle_after_work_is_restarted_once() {
     })
     .await;
     let restarted = consumer_tags(&queue).await;
+    // The next restart comes after twice the wait, not sooner.
     let kept = holds_for(idle + Duration::from_secs(2), || async {
         consumer_tags(&queue).await == restarted
     })
     .await;
-    assert!(
-        kept,
-        "an idle consumer that took no work was restarted again"
-    );
+    assert!(kept, "an idle consumer was restarted again as soon");
+    wait_until("the consumer to restart again", idle * 2, || async {
+        let now = consumer_tags(&queue).await;
+        now.len() == 1 && now != restarted
+    })
+    .await;
 
     // And it still works.
     let job = job_for(&user, "more work");

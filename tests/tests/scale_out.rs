@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -14,11 +13,10 @@ use std::{
 
 use herald_emulator::TeamsUser;
 use herald_tests::{
-    StackOptions, TestStack, busiest, job_for, longest_pause, publish_to,
-    rabbit_cluster::RabbitCluster, service_command, wait_until,
+    StackOptions, TestStack, busiest, free_port, job_for, longest_pause, publish_to,
+    rabbit_cluster::RabbitCluster, replica::Replica, wait_until,
 };
 use time::OffsetDateTime;
-use tokio::process::Child;
 
 /// One cluster test at a time: three RabbitMQ nodes and a handful of Herald processes are
 /// what two cores can carry without distorting the timings the tests judge by.
@@ -30,44 +28,11 @@ const JOBS: usize = 10_000;
 const DISPATCHERS: usize = 3;
 const PREFETCH: usize = 32;
 
-/// A Herald service running as its own process.
-struct Replica {
-    _process: Child,
-    admin_url: String,
-}
-
-impl Replica {
-    /// Starts `name` with the stack's configuration, connected to the cluster's nodes in the
-    /// order `amqp_urls` gives.
-    fn spawn(name: &str, stack: &TestStack, amqp_urls: &str, extra: &[(&str, String)]) -> Self {
-        let admin_port = free_port();
-        let mut command = service_command(name, &stack.env());
-        command
-            .env("HERALD_AMQP_URL", amqp_urls)
-            .env("HERALD_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
-            .env("HERALD_PREFETCH", PREFETCH.to_string())
-            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        Self {
-            _process: command.spawn().expect("the binary starts"),
-            admin_url: format!("http://127.0.0.1:{admin_port}"),
-        }
-    }
-
-    async fn is_ready(&self, http: &reqwest::Client) -> bool {
-        http.get(format!("{}/readyz", self.admin_url))
-            .timeout(Duration::from_secs(1))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A replica of `name` on the cluster, with the prefetch these tests count duplicates by.
+fn replica(name: &str, stack: &TestStack, amqp_urls: &str, extra: &[(&str, String)]) -> Replica {
+    let mut settings = vec![("HERALD_PREFETCH", PREFETCH.to_string())];
+    settings.extend_from_slice(extra);
+    Replica::spawn(name, stack, amqp_urls, &settings)
 }
 
 /// Watches the replicas' readiness every 25 ms and counts the answers that were not ready.
@@ -161,7 +126,7 @@ async fn three_dispatchers_keep_teams_limits_and_lose_nothing_when_the_queue_lea
 
     // One dispatcher per node: replica k tries node k first.
     let dispatchers: Vec<Replica> = (0..DISPATCHERS)
-        .map(|k| Replica::spawn("herald-dispatcher", &stack, &cluster.amqp_urls_from(k), &[]))
+        .map(|k| replica("herald-dispatcher", &stack, &cluster.amqp_urls_from(k), &[]))
         .collect();
     let http = reqwest::Client::new();
     for replica in &dispatchers {
@@ -260,11 +225,13 @@ async fn three_dispatchers_keep_teams_limits_and_lose_nothing_when_the_queue_lea
                     *statuses.entry(format!("{status:?}")).or_default() += 1;
                 }
             }
+            let logs: Vec<String> = dispatchers.iter().map(|d| d.log_tail(40)).collect();
             panic!(
                 "{} of {JOBS} jobs arrived, none for a minute; the missing ones' statuses: \
-                 {statuses:?}; the cluster's queues:\n{}",
+                 {statuses:?}; the cluster's queues:\n{}\nthe dispatchers' last words:\n{}",
                 counts.len(),
-                cluster.queue_report(&stack.namespace)
+                cluster.queue_report(&stack.namespace),
+                logs.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -453,7 +420,7 @@ async fn two_ingress_replicas_lose_no_accepted_request_when_a_node_dies() {
         .iter()
         .enumerate()
         .map(|(k, port)| {
-            Replica::spawn(
+            replica(
                 "herald-ingress",
                 &stack,
                 &cluster.amqp_urls_from(k),
@@ -461,7 +428,7 @@ async fn two_ingress_replicas_lose_no_accepted_request_when_a_node_dies() {
             )
         })
         .collect();
-    let dispatcher = Replica::spawn("herald-dispatcher", &stack, &cluster.amqp_urls_from(2), &[]);
+    let dispatcher = replica("herald-dispatcher", &stack, &cluster.amqp_urls_from(2), &[]);
     for replica in ingresses.iter().chain([&dispatcher]) {
         wait_until("a replica to be ready", Duration::from_secs(30), || {
             replica.is_ready(&http)
