@@ -358,12 +358,19 @@ impl Handler {
             Outcome::Expired => "expired",
         });
         let now = OffsetDateTime::now_utc();
-        if let Outcome::Delivered {
-            conversation_id,
-            activity_id: Some(activity_id),
-            ..
-        } = &outcome
-        {
+        // What a press or a read receipt needs to find the message, remembered beside the
+        // outcome: the two commands share a round trip on the multiplexed connection. Their
+        // order does not matter: Teams has the message already, and both are done before the
+        // job's end is told and the delivery acked.
+        let remember = async {
+            let Outcome::Delivered {
+                conversation_id,
+                activity_id: Some(activity_id),
+                ..
+            } = &outcome
+            else {
+                return Ok(());
+            };
             let sent = SentMessage {
                 notification_id: job.id.to_string(),
                 broadcast_id: None,
@@ -377,14 +384,15 @@ impl Handler {
                 self.sent
                     .remember(conversation_id, activity_id, what, &sent)
             })
-            .await?;
-        }
-        let stored = self
-            .until_done("record the outcome", || {
-                self.statuses
-                    .finish(&job.id, owner, &outcome, attempts_made, now)
-            })
-            .await?;
+            .await
+        };
+        let record = self.until_done("record the outcome", || {
+            self.statuses
+                .finish(&job.id, owner, &outcome, attempts_made, now)
+        });
+        let (remembered, stored) = tokio::join!(remember, record);
+        remembered?;
+        let stored = stored?;
         tracing::debug!(%stored, "outcome recorded");
         // The end is told before the delivery is acked, so it needs no outbox: if this
         // process dies first, the redelivered copy finds the job ended and tells it again.
