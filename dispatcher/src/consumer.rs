@@ -9,7 +9,7 @@
 //! idle consumer is cheap and loses nothing (nothing is in work on it). Each restart with no
 //! work between doubles the wait for the next, up to [`RESTART_WHEN_IDLE_AT_MOST`]: a
 //! stranded delivery waits at most that long, whatever the consumer did before, and an idle
-//! dispatcher opens a channel about once a minute.
+//! dispatcher opens a channel twice a minute.
 
 use std::{sync::Arc, time::Duration};
 
@@ -85,7 +85,7 @@ pub async fn consume(
 pub const RESTART_WHEN_IDLE: Duration = Duration::from_secs(10);
 
 /// The longest an idle consumer goes without a restart.
-pub const RESTART_WHEN_IDLE_AT_MOST: Duration = Duration::from_secs(60);
+pub const RESTART_WHEN_IDLE_AT_MOST: Duration = Duration::from_secs(30);
 
 /// One consumer on one broker link.
 struct Consuming<'a> {
