@@ -80,8 +80,9 @@ pub async fn consume(
     }
 }
 
-/// After this long with nothing delivered and nothing in work, a consumer that took work
-/// since its last restart is restarted (see the module docs).
+/// After this long with nothing delivered and nothing in work since its last delivery, a
+/// consumer is restarted; each restart with none between doubles the wait (see the module
+/// docs).
 pub const RESTART_WHEN_IDLE: Duration = Duration::from_secs(10);
 
 /// The longest an idle consumer goes without a restart.
