@@ -40,8 +40,14 @@ fn through(proxy: &Proxy) -> String {
     format!("amqp://guest:guest@{}/%2f", proxy.addr())
 }
 
-/// The namespace's events of `pattern`, in a queue of the test's own.
-async fn events_of(namespace: &str, pattern: &str) -> lapin::Consumer {
+/// The namespace's events of `pattern`, in a queue of the test's own (on a connection that
+/// lives as long as the consumer).
+struct Events {
+    _connection: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+async fn events_of(namespace: &str, pattern: &str) -> Events {
     let connection = lapin::Connection::connect(&amqp_url(), Default::default())
         .await
         .unwrap();
@@ -81,21 +87,18 @@ async fn events_of(namespace: &str, pattern: &str) -> lapin::Consumer {
         )
         .await
         .unwrap();
-    // The connection lives as long as the consumer does.
-    std::mem::forget(connection);
-    consumer
+    Events {
+        _connection: connection,
+        consumer,
+    }
 }
 
 /// The next event about `subject` (others, such as the welcome's, are passed over), if one
 /// comes within `within`.
-async fn next_event(
-    events: &mut lapin::Consumer,
-    subject: &str,
-    within: Duration,
-) -> Option<CloudEvent> {
+async fn next_event(events: &mut Events, subject: &str, within: Duration) -> Option<CloudEvent> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let delivery = tokio::time::timeout_at(deadline, events.next())
+        let delivery = tokio::time::timeout_at(deadline, events.consumer.next())
             .await
             .ok()??;
         let delivery = delivery.expect("the events queue delivers");
