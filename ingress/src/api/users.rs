@@ -12,7 +12,7 @@ use axum::{
 use herald_shared::{
     calendar::{QuietHours, TimeOfDay, Zone},
     job::openapi,
-    store::ProfileChange,
+    store::{ConversationAddress, Profile, ProfileChange},
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
@@ -137,8 +137,22 @@ pub async fn get(
             "Herald has neither heard from nor been told about user {aad_object_id} of tenant {tenant_id}"
         )));
     }
-    let profile = profile.unwrap_or_default();
-    Ok(Json(User {
+    Ok(Json(user(
+        tenant_id,
+        aad_object_id,
+        profile.unwrap_or_default(),
+        chat,
+    )))
+}
+
+/// The answer of both calls: the stored profile beside the user's personal chat.
+fn user(
+    tenant_id: String,
+    aad_object_id: String,
+    profile: Profile,
+    chat: Option<ConversationAddress>,
+) -> User {
+    User {
         installed: chat.as_ref().is_some_and(|c| c.removed_reason.is_none()),
         conversation_id: chat.as_ref().map(|c| c.conversation_id.clone()),
         service_url: chat.map(|c| c.service_url),
@@ -150,7 +164,7 @@ pub async fn get(
         updated_at: profile.updated_at,
         tenant_id,
         aad_object_id,
-    }))
+    }
 }
 
 /// Set a user's time zone or quiet hours.
@@ -187,10 +201,13 @@ pub async fn change(
         quiet_hours,
     };
     let now = OffsetDateTime::now_utc();
-    api.users
-        .change(&tenant_id, &aad_object_id, &change, now)
-        .await?;
-    get(State(api), Path((tenant_id, aad_object_id))).await
+    // The change answers the profile as it then stands; only the chat is read besides.
+    let (profile, chat) = tokio::try_join!(
+        api.users.change(&tenant_id, &aad_object_id, &change, now),
+        api.conversations
+            .personal_conversation(&tenant_id, &aad_object_id),
+    )?;
+    Ok(Json(user(tenant_id, aad_object_id, profile, chat)))
 }
 
 impl TryFrom<QuietHoursBody> for QuietHours {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use lapin::{
     BasicProperties,
-    types::{AMQPValue, FieldTable, ShortString},
+    types::{FieldTable, ShortString},
 };
 use redis::AsyncCommands;
 use time::OffsetDateTime;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::CloudEvent;
 use crate::{
-    amqp::{DispatchMessage, PublishError, Publisher},
+    amqp::{DispatchMessage, PublishError, Publisher, headers},
     error::Chain,
     store::{Claimed, Redis, StoreError, TimerStore},
     timers::drain,
@@ -111,14 +111,8 @@ impl Events {
     pub async fn note(&self, event: &CloudEvent, proof: Option<&Proof>) -> Result<(), StoreError> {
         let mut headers = FieldTable::default();
         if let Some(proof) = proof {
-            headers.insert(
-                PROOF_KEY.into(),
-                AMQPValue::LongString(proof.key.as_str().into()),
-            );
-            headers.insert(
-                PROOF_FIELD.into(),
-                AMQPValue::LongString(proof.field.as_str().into()),
-            );
+            headers::set_text(&mut headers, PROOF_KEY, &proof.key);
+            headers::set_text(&mut headers, PROOF_FIELD, &proof.field);
         }
         let parked = DispatchMessage {
             id: event.id.clone(),
@@ -246,10 +240,7 @@ impl Events {
     }
 
     async fn proven(&self, headers: &FieldTable, id: &str) -> Result<bool, StoreError> {
-        let text = |name: &str| match headers.inner().get(name) {
-            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-            _ => None,
-        };
+        let text = |name: &str| headers::text(Some(headers), name);
         let (Some(key), Some(field)) = (text(PROOF_KEY), text(PROOF_FIELD)) else {
             return Ok(true);
         };
