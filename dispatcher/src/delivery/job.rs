@@ -8,7 +8,7 @@ use herald_shared::{
     calendar::RecipientClock,
     events::{CloudEvent, EventType, NotificationChanged},
     job::{Job, Target},
-    store::{BeginSend, Outcome, Remember, SentMessage, StatusRecord, StoreError},
+    store::{BeginSend, JobStatus, Outcome, Remember, SentMessage, StatusRecord, StoreError},
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -396,8 +396,8 @@ impl Handler {
         tracing::debug!(%stored, "outcome recorded");
         // The end is told before the delivery is acked, so it needs no outbox: if this
         // process dies first, the redelivered copy finds the job ended and tells it again.
-        if let Some(event) = ended_event(job, &outcome, self.events.source(), now)
-            && stored.as_str() == event_status(&outcome)
+        if let Some((status, event)) = ended_event(job, &outcome, self.events.source(), now)
+            && stored == status
         {
             self.until_done("publish the event", || self.events.publish_unnoted(&event))
                 .await?;
@@ -430,52 +430,49 @@ fn is_personal(job: &Job, conversation_id: &str) -> bool {
     matches!(job.to, Target::User(_)) || conversation_id.starts_with("a:")
 }
 
-/// The event type an outcome is told by (a retry is not an end, and is not told).
-fn event_type(outcome: &Outcome) -> EventType {
-    match outcome {
-        Outcome::Delivered { .. } => EventType::NotificationDelivered,
-        Outcome::Failed { .. } | Outcome::Retrying { .. } => EventType::NotificationFailed,
-        Outcome::Expired => EventType::NotificationExpired,
-    }
-}
-
-fn event_status(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Delivered { .. } => "delivered",
-        Outcome::Failed { .. } | Outcome::Retrying { .. } => "failed",
-        Outcome::Expired => "expired",
-    }
-}
-
-/// The event telling the job's end, for an outcome that ends it.
+/// The status an outcome ends the job at, and the event telling it; `None` for a retry, which
+/// is not an end.
 fn ended_event(
     job: &Job,
     outcome: &Outcome,
     source: &str,
     now: OffsetDateTime,
-) -> Option<CloudEvent> {
-    let (conversation_id, activity_id, last_error) = match outcome {
+) -> Option<(JobStatus, CloudEvent)> {
+    let (status, conversation_id, activity_id, last_error) = match outcome {
         Outcome::Retrying { .. } => return None,
         Outcome::Delivered {
             conversation_id,
             activity_id,
             ..
-        } => (Some(conversation_id.clone()), activity_id.clone(), None),
+        } => (
+            JobStatus::Delivered,
+            Some(conversation_id.clone()),
+            activity_id.clone(),
+            None,
+        ),
         Outcome::Failed {
             reason,
             conversation_id,
-        } => (conversation_id.clone(), None, Some(reason.clone())),
-        Outcome::Expired => (None, None, None),
+        } => (
+            JobStatus::Failed,
+            conversation_id.clone(),
+            None,
+            Some(reason.clone()),
+        ),
+        Outcome::Expired => (JobStatus::Expired, None, None, None),
     };
-    let kind = event_type(outcome);
+    let kind = EventType::ending(status)?;
     let data = NotificationChanged {
         notification_id: job.id.to_string(),
         broadcast_id: None,
         tenant_id: job.to.tenant_id().map(str::to_owned),
         conversation_id,
         activity_id,
-        status: event_status(outcome).to_owned(),
+        status: status.as_str().to_owned(),
         last_error,
     };
-    Some(CloudEvent::new(source, kind, &job.id, &job.id, &data, now))
+    Some((
+        status,
+        CloudEvent::new(source, kind, &job.id, &job.id, &data, now),
+    ))
 }

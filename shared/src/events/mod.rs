@@ -142,6 +142,20 @@ pub struct NotificationChanged {
     pub last_error: Option<String>,
 }
 
+impl EventType {
+    /// The type that tells a job's end at `status`; `None` while the job has not ended.
+    pub fn ending(status: crate::store::JobStatus) -> Option<Self> {
+        use crate::store::JobStatus;
+        match status {
+            JobStatus::Delivered => Some(EventType::NotificationDelivered),
+            JobStatus::Failed => Some(EventType::NotificationFailed),
+            JobStatus::Expired => Some(EventType::NotificationExpired),
+            JobStatus::Cancelled => Some(EventType::NotificationCancelled),
+            JobStatus::Scheduled | JobStatus::Queued | JobStatus::Sending => None,
+        }
+    }
+}
+
 impl NotificationChanged {
     /// A `herald.notification.cancelled` event for the job of `record` (cancelled before it
     /// was sent, or its delivered message retracted).
@@ -166,14 +180,7 @@ impl NotificationChanged {
         record: &crate::store::StatusRecord,
         now: OffsetDateTime,
     ) -> Option<CloudEvent> {
-        use crate::store::JobStatus;
-        let kind = match record.status {
-            JobStatus::Delivered => EventType::NotificationDelivered,
-            JobStatus::Failed => EventType::NotificationFailed,
-            JobStatus::Expired => EventType::NotificationExpired,
-            JobStatus::Cancelled => EventType::NotificationCancelled,
-            JobStatus::Scheduled | JobStatus::Queued | JobStatus::Sending => return None,
-        };
+        let kind = EventType::ending(record.status)?;
         Some(Self::told(
             source,
             record,
