@@ -116,19 +116,19 @@ async fn handle(
     }
 
     let recorded = activity.record(now);
-    let install = bot
-        .conversations
-        .record(&recorded)
-        .await
-        .map_err(RecordError::Conversation)?;
     // The recipient's clock: the zone the sender's client reports, unless one was set through
-    // the API. The reference is what the activity is for; a zone not noted now is noted from
-    // the next activity, so a failure here does not refuse it.
-    if let Some((tenant, user, zone)) = activity.sender_time_zone()
-        && let Err(error) = bot.users.learn_time_zone(tenant, user, zone, now).await
-    {
-        tracing::warn!(error = %Chain(&error), "could not note the sender's time zone");
-    }
+    // the API. It is noted beside the reference (the two share a round trip). The reference
+    // is what the activity is for; a zone not noted now is noted from the next activity, so a
+    // failure there does not refuse it.
+    let learn_zone = async {
+        if let Some((tenant, user, zone)) = activity.sender_time_zone()
+            && let Err(error) = bot.users.learn_time_zone(tenant, user, zone, now).await
+        {
+            tracing::warn!(error = %Chain(&error), "could not note the sender's time zone");
+        }
+    };
+    let (install, ()) = tokio::join!(bot.conversations.record(&recorded), learn_zone);
+    let install = install.map_err(RecordError::Conversation)?;
     // Installs and removals are logged at info; a plain refresh (every message a user sends)
     // at debug, as it changes nothing but the reference's freshness.
     if recorded.effect == ActivityEffect::Refresh {
