@@ -5,6 +5,7 @@
 
 mod amqp;
 mod args;
+mod broadcasts;
 mod cleanup;
 mod load;
 mod procs;
@@ -12,6 +13,7 @@ mod redis_stats;
 mod report;
 mod scenarios;
 mod stack;
+mod tenant_trace;
 
 use std::path::PathBuf;
 
@@ -30,6 +32,8 @@ scenarios:
   {}
   {}
   {}
+  {}
+  {}
 
 --runs N runs the scenario N times and reports each run, then the median of every figure.
 The services are the release binaries (cargo build --release --bins); Redis and RabbitMQ are
@@ -40,6 +44,8 @@ HERALD_TEST_REDIS_URL / HERALD_TEST_AMQP_URL, or 127.0.0.1's.",
         scenarios::delay::USAGE,
         scenarios::park::USAGE,
         scenarios::emulator::USAGE,
+        scenarios::broadcast::USAGE,
+        scenarios::reach::USAGE,
     )
 }
 
@@ -126,6 +132,8 @@ async fn run_once(scenario: &str, common: &Common, args: Args) -> anyhow::Result
         "delay" => scenarios::delay::run(&common, args).await?,
         "park" => scenarios::park::run(&common, args).await?,
         "emulator" => scenarios::emulator::run(&common, args).await?,
+        "broadcast" => scenarios::broadcast::run(&common, args).await?,
+        "reach" => scenarios::reach::run(&common, args).await?,
         other => anyhow::bail!("unknown scenario {other:?}\n{}", usage()),
     };
     report.section("machine");

@@ -55,6 +55,83 @@ pub async fn used_memory() -> anyhow::Result<u64> {
         .context("INFO memory has no used_memory")
 }
 
+/// What a namespace's keys hold, by kind (`{ns}:{kind}:…`): how many keys, and the sum of
+/// `MEMORY USAGE` over them (each key's value and overhead, nested values counted in full).
+/// Unlike `used_memory`, it is the namespace's own, whatever else shares the Redis.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceMemory {
+    pub kinds: BTreeMap<String, (usize, u64)>,
+}
+
+impl NamespaceMemory {
+    pub fn bytes(&self) -> u64 {
+        self.kinds.values().map(|(_, bytes)| bytes).sum()
+    }
+
+    /// The kinds holding the most, largest first: `kind bytes/per (keys)`.
+    pub fn breakdown(&self, per: usize) -> String {
+        let mut kinds: Vec<_> = self.kinds.iter().collect();
+        kinds.sort_by_key(|(_, (_, bytes))| std::cmp::Reverse(*bytes));
+        kinds
+            .iter()
+            .take(6)
+            .map(|(kind, (keys, bytes))| {
+                format!(
+                    "{kind} {:.0} ({keys} keys)",
+                    *bytes as f64 / per.max(1) as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+pub async fn namespace_memory(namespace: &str) -> anyhow::Result<NamespaceMemory> {
+    /// Keys per SCAN page and per pipeline of MEMORY USAGE.
+    const BATCH: usize = 1_000;
+    let client = redis::Client::open(herald_tests::redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let pattern = format!("{namespace}:*");
+    let mut memory = NamespaceMemory::default();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(BATCH)
+            .query_async(&mut conn)
+            .await?;
+        if !page.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &page {
+                pipe.cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(key)
+                    .arg("SAMPLES")
+                    .arg(0);
+            }
+            // A key that expired between the scan and the question answers nil.
+            let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+            for (key, size) in page.iter().zip(sizes) {
+                let Some(size) = size else { continue };
+                let kind = key
+                    .strip_prefix(namespace)
+                    .and_then(|rest| rest.split(':').nth(1))
+                    .unwrap_or("?");
+                let entry = memory.kinds.entry(kind.to_owned()).or_default();
+                entry.0 += 1;
+                entry.1 += size;
+            }
+        }
+        if next == 0 {
+            return Ok(memory);
+        }
+        cursor = next;
+    }
+}
+
 /// Adds the commandstats delta per job to the report; the INFO calls themselves are left out.
 pub fn report_delta(
     report: &mut Report,

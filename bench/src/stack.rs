@@ -51,7 +51,7 @@ impl Common {
     }
 
     /// Where the services' logs go (overwritten by the next run of the same scenario).
-    fn log_dir() -> PathBuf {
+    pub fn log_dir() -> PathBuf {
         Self::target_dir().join("bench")
     }
 }
@@ -161,6 +161,19 @@ impl Bench {
     /// A fresh namespace and an emulator (rate limits as given) whose bot endpoint answers 200
     /// to everything: the bench registers users with it, and the services never hear of it.
     pub async fn start(scenario: &str, common: &Common, rate_limits: bool) -> anyhow::Result<Self> {
+        let config = EmulatorConfig {
+            rate_limits,
+            ..EmulatorConfig::default()
+        };
+        Self::start_with(scenario, common, config).await
+    }
+
+    /// The same, with the emulator configured as given (e.g. a raised tenant limit).
+    pub async fn start_with(
+        scenario: &str,
+        common: &Common,
+        config: EmulatorConfig,
+    ) -> anyhow::Result<Self> {
         for binary in ["herald-ingress", "herald-dispatcher"] {
             let path = common.bin_dir.join(binary);
             if !path.exists() {
@@ -181,14 +194,7 @@ impl Bench {
         let emulator = runtime
             .spawn(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let emulator = Emulator::start(
-                    EmulatorConfig {
-                        rate_limits,
-                        ..EmulatorConfig::default()
-                    },
-                    listener,
-                )
-                .await?;
+                let emulator = Emulator::start(config, listener).await?;
                 let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let sink_url = format!("http://{}/api/messages", sink.local_addr()?);
                 let app = axum::Router::new().fallback(|| async { "" });

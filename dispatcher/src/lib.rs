@@ -5,23 +5,34 @@
 //! - [`consumer`]: the consume loop (one consumer per broker link, bounded in-flight work).
 //! - [`acks`]: settling finished deliveries in batches (`multiple` acks).
 //! - [`delivery`]: one delivery from body to ack: jobs and changes, pacing, what Teams'
-//!   errors lead to (`delivery/failure.rs`), sending round again (parked until due).
+//!   errors lead to (`delivery/failure.rs`), sending round again (parked until due), a
+//!   broadcast's fan-out step by step (`delivery/fanout.rs`).
 //! - The timer pump ([`herald_shared::timers::pump`]), run beside the consumer: publishes
 //!   parked messages when they are due.
 //! - [`dead_letters`]: the operator's `dead list|redrive` commands.
 //! - [`resolve`]: from a job's target to a conversation id and serviceUrl.
+//! - [`reach`]: users named by sign-in name or mail, and installing the app for users who
+//!   never did, through Microsoft Graph.
 //! - [`connector`]: the bot's token and the Bot Connector REST calls, Teams' error answers read.
+//! - [`graph`]: Microsoft Graph, for users who never installed the app: per-tenant tokens,
+//!   the calls, and each tenant's Graph pace across every replica.
+//! - [`entra`]: Entra's client-credentials flow and token cache, which both use; `bearer`:
+//!   one call with such a token, which both make.
 //! - [`pace`]: Teams' per-conversation and per-tenant limits, held across every replica.
 //! - [`webhooks`]: the webhook sender, a consumer of its own: events POSTed to the services
 //!   that asked, retried on their schedule.
 //! - This file: wiring ([`Dispatcher::build`]) and the lifecycle ([`Dispatcher::run`]).
 
 pub mod acks;
+mod bearer;
 pub mod connector;
 pub mod consumer;
 pub mod dead_letters;
 pub mod delivery;
+pub mod entra;
+pub mod graph;
 pub mod pace;
+pub mod reach;
 pub mod resolve;
 pub mod webhooks;
 
@@ -31,12 +42,14 @@ use herald_shared::{
     BuildError,
     admin::{self, Readiness},
     amqp::{Broker, Publisher, Topology, queue_depth},
+    broadcast::Broadcaster,
     config::DispatcherConfig,
     events::Events,
     metrics::{Metrics, Service},
     schedule::Scheduler,
     store::{
-        ConversationStore, Redis, ScheduleStore, SentStore, StatusStore, TimerStore, UserStore,
+        BroadcastStore, ConversationStore, ReachStore, Redis, ScheduleStore, SentStore,
+        StatusStore, TimerStore, UserStore,
     },
     submit::Enqueuer,
     timers::{self, DispatchQueue},
@@ -47,8 +60,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     connector::{BotConnector, TokenSource},
-    delivery::{Handler, failure},
+    delivery::{Handler, failure, fanout::FanOut},
+    graph::GraphClient,
     pace::Pacer,
+    reach::Reach,
     resolve::Resolver,
     webhooks::WebhookSender,
 };
@@ -64,6 +79,8 @@ pub struct Dispatcher {
     broker_stop: CancellationToken,
     tracker: TaskTracker,
     handler: Arc<Handler>,
+    /// Microsoft Graph, for users who never installed the app.
+    graph: GraphClient,
     webhooks: Arc<WebhookSender>,
     prefetch: u16,
     shutdown_grace: Duration,
@@ -91,6 +108,14 @@ impl Dispatcher {
             &common.teams,
             metrics.token_refreshes.clone(),
         ));
+        let graph = GraphClient::new(
+            http.clone(),
+            &config.graph,
+            &common.bot,
+            redis.clone(),
+            &metrics,
+            config.send_timeout,
+        );
         let conversations = ConversationStore::new(redis.clone());
         let connector = BotConnector::new(
             http,
@@ -113,6 +138,7 @@ impl Dispatcher {
             common.webhook_retry_schedule.clone(),
         ));
         let sent = SentStore::new(redis.clone(), common.status_ttl);
+        let broadcasts = BroadcastStore::new(redis.clone(), common.status_ttl);
         let handler = Arc::new(Handler {
             instance: format!("dispatcher-{}", uuid::Uuid::new_v4().simple()),
             scheduler: Scheduler {
@@ -127,6 +153,13 @@ impl Dispatcher {
                 users: users.clone(),
                 default_time_zone: common.default_time_zone,
             },
+            broadcaster: Broadcaster {
+                store: broadcasts.clone(),
+                conversations: conversations.clone(),
+                queue: queue.clone(),
+            },
+            broadcasts,
+            fan_out: FanOut::for_rate(config.broadcast_ahead, config.tenant_rate.per_second()),
             statuses,
             conversations: conversations.clone(),
             resolver: Resolver {
@@ -134,6 +167,12 @@ impl Dispatcher {
                 connector: connector.clone(),
                 bot_id: format!("28:{}", common.bot.app_id),
                 default_service_url: common.teams.default_service_url.clone(),
+                reach: Arc::new(Reach::new(
+                    graph.clone(),
+                    ReachStore::new(redis.clone()),
+                    config.graph.proactive_install,
+                    config.graph.teams_app_id.clone(),
+                )),
             },
             users,
             default_time_zone: common.default_time_zone,
@@ -164,6 +203,7 @@ impl Dispatcher {
             broker_stop,
             tracker,
             handler,
+            graph,
             webhooks,
             prefetch: config.prefetch,
             shutdown_grace: config.shutdown_grace,
@@ -177,6 +217,11 @@ impl Dispatcher {
     /// The Bot Connector client (tests read its token counters).
     pub fn connector(&self) -> &BotConnector {
         &self.handler.connector
+    }
+
+    /// The Microsoft Graph client (tests read its token counters).
+    pub fn graph(&self) -> &GraphClient {
+        &self.graph
     }
 
     /// Runs until `shutdown` completes. Then: stop taking deliveries, let those in flight
@@ -197,6 +242,17 @@ impl Dispatcher {
         };
         tracing::info!(admin = %self.admin_addr, prefetch = self.prefetch, "dispatcher running");
 
+        // Tenants' user indexes, for tenant broadcasts, from what was stored before them.
+        let conversations = self.handler.conversations.clone();
+        tokio::spawn(async move {
+            match conversations.backfill_tenant_users().await {
+                Ok(Some(users)) => tracing::info!(users, "indexed the users of every tenant"),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %herald_shared::error::Chain(&e), "could not index the tenants' users; the next start tries again")
+                }
+            }
+        });
         tokio::spawn(sample_queue_depths(
             self.broker.clone(),
             self.handler.queue.clone(),

@@ -17,13 +17,51 @@ pub struct EmulatorConfig {
     pub public_url: Option<String>,
     /// `iss` of the tokens sent to the bot and of the OpenID metadata.
     pub issuer: String,
-    /// Whether Bot Connector rate limits are enforced.
+    /// Whether rate limits are enforced: the Bot Connector's and Graph's.
     pub rate_limits: bool,
+    /// Bot Connector requests a tenant may make per second, when limits are enforced (Teams:
+    /// 50). Raised, it lets Herald be measured at a higher tenant rate with 429s still real.
+    pub tenant_requests_per_second: usize,
+    /// The Teams app's manifest id (the `externalId` Graph's app catalog knows it by);
+    /// `None` means the same as `app_id`, as in apps whose manifest id is their bot's id.
+    pub teams_app_id: Option<String>,
+    /// Whether every tenant's org catalog has the app from the start (as if each tenant's
+    /// admin had uploaded it); otherwise a tenant's catalog has it once a test puts it there.
+    pub app_in_every_catalog: bool,
+    /// Graph requests a tenant may make per second, when limits are enforced (Graph's limit
+    /// on the Teams calls that matter here, installing and reading installed apps and the
+    /// catalog, is 30 a second per app and tenant).
+    pub graph_requests_per_second: usize,
     /// Lifetime of the access tokens the token endpoint issues.
     pub token_lifetime: Duration,
     /// Delay before answering each Bot Connector call.
     pub latency: Duration,
+    /// How many requests the request log keeps (the last ones; counters count them all).
+    pub keep_requests: usize,
+    /// How many activities each conversation keeps, of the bot's and separately of those
+    /// "Teams" posted to the bot (the last ones; received counts count them all).
+    pub keep_per_conversation: usize,
+    /// How many activities all conversations keep together, the oldest dropped first.
+    pub keep_activities: usize,
 }
+
+/// Requests the request log keeps by default: enough to read back any test's traffic, a
+/// few megabytes.
+pub const DEFAULT_KEEP_REQUESTS: usize = 10_000;
+
+/// Activities a conversation keeps by default: no test's chat comes near it.
+pub const DEFAULT_KEEP_PER_CONVERSATION: usize = 1_000;
+
+/// Activities kept in all by default: every body of a 100,000-message run (about 50 MB of
+/// short messages; the 100,000 chats they went to take as much again), before the oldest go.
+pub const DEFAULT_KEEP_ACTIVITIES: usize = 100_000;
+
+/// Teams' limit on one app's Bot Connector requests per tenant and second.
+pub const DEFAULT_TENANT_REQUESTS_PER_SECOND: usize = 50;
+
+/// Graph's limit on one app's calls per tenant and second that the emulator enforces by
+/// default: Teams' figure for installing apps for users and reading them and the catalog.
+pub const DEFAULT_GRAPH_REQUESTS_PER_SECOND: usize = 30;
 
 /// Bot Framework's public-cloud issuer.
 pub const DEFAULT_ISSUER: &str = "https://api.botframework.com";
@@ -37,8 +75,15 @@ impl Default for EmulatorConfig {
             public_url: None,
             issuer: DEFAULT_ISSUER.to_owned(),
             rate_limits: true,
+            tenant_requests_per_second: DEFAULT_TENANT_REQUESTS_PER_SECOND,
+            teams_app_id: None,
+            app_in_every_catalog: false,
+            graph_requests_per_second: DEFAULT_GRAPH_REQUESTS_PER_SECOND,
             token_lifetime: Duration::from_secs(3599),
             latency: Duration::ZERO,
+            keep_requests: DEFAULT_KEEP_REQUESTS,
+            keep_per_conversation: DEFAULT_KEEP_PER_CONVERSATION,
+            keep_activities: DEFAULT_KEEP_ACTIVITIES,
         }
     }
 }
@@ -125,20 +170,21 @@ impl BinaryConfig {
             None => DEFAULT_ISSUER.to_owned(),
             Some(value) => http_url("HERALD_TOKEN_ISSUER", value)?,
         };
-        let rate_limits = match get("HERALD_EMULATOR_RATE_LIMITS") {
-            None => true,
+        let switch = |var: &'static str, default: bool| match get(var) {
+            None => Ok(default),
             Some(value) => match value.trim().to_ascii_lowercase().as_str() {
-                "on" | "true" | "1" => true,
-                "off" | "false" | "0" => false,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        var: "HERALD_EMULATOR_RATE_LIMITS",
-                        reason: "expected on or off".to_owned(),
-                        value,
-                    });
-                }
+                "on" | "true" | "1" => Ok(true),
+                "off" | "false" | "0" => Ok(false),
+                _ => Err(ConfigError::Invalid {
+                    var,
+                    reason: "expected on or off".to_owned(),
+                    value,
+                }),
             },
         };
+        let rate_limits = switch("HERALD_EMULATOR_RATE_LIMITS", true)?;
+        let app_in_every_catalog = switch("HERALD_EMULATOR_APP_IN_CATALOGS", false)?;
+        let teams_app_id = get("HERALD_TEAMS_APP_ID").map(|value| value.trim().to_owned());
         let latency = match get("HERALD_EMULATOR_LATENCY") {
             None => Duration::ZERO,
             Some(value) => {
@@ -149,6 +195,39 @@ impl BinaryConfig {
                 })?
             }
         };
+        let count = |var: &'static str, default: usize| match get(var) {
+            None => Ok(default),
+            Some(value) => value.trim().parse().map_err(|_| ConfigError::Invalid {
+                var,
+                reason: "expected a whole number, 0 or more".to_owned(),
+                value,
+            }),
+        };
+        let rate = |var: &'static str, default: usize| match get(var) {
+            None => Ok(default),
+            Some(value) => match value.trim().parse::<usize>() {
+                Ok(rate) if rate > 0 => Ok(rate),
+                _ => Err(ConfigError::Invalid {
+                    var,
+                    reason: "expected requests per second, a whole number of 1 or more".to_owned(),
+                    value,
+                }),
+            },
+        };
+        let tenant_requests_per_second = rate(
+            "HERALD_EMULATOR_TENANT_RATE",
+            DEFAULT_TENANT_REQUESTS_PER_SECOND,
+        )?;
+        let graph_requests_per_second = rate(
+            "HERALD_EMULATOR_GRAPH_RATE",
+            DEFAULT_GRAPH_REQUESTS_PER_SECOND,
+        )?;
+        let keep_requests = count("HERALD_EMULATOR_KEEP_REQUESTS", DEFAULT_KEEP_REQUESTS)?;
+        let keep_per_conversation = count(
+            "HERALD_EMULATOR_KEEP_PER_CONVERSATION",
+            DEFAULT_KEEP_PER_CONVERSATION,
+        )?;
+        let keep_activities = count("HERALD_EMULATOR_KEEP_ACTIVITIES", DEFAULT_KEEP_ACTIVITIES)?;
         let log_format = match get("HERALD_LOG_FORMAT") {
             None => LogFormat::Json,
             Some(value) => match value.trim().to_ascii_lowercase().as_str() {
@@ -173,8 +252,15 @@ impl BinaryConfig {
                 public_url,
                 issuer,
                 rate_limits,
+                tenant_requests_per_second,
+                teams_app_id,
+                app_in_every_catalog,
+                graph_requests_per_second,
                 token_lifetime: EmulatorConfig::default().token_lifetime,
                 latency,
+                keep_requests,
+                keep_per_conversation,
+                keep_activities,
             },
             log_format,
         })
@@ -227,7 +313,23 @@ mod tests {
         );
         assert_eq!(config.emulator.issuer, DEFAULT_ISSUER);
         assert!(config.emulator.rate_limits);
+        assert_eq!(
+            config.emulator.tenant_requests_per_second,
+            DEFAULT_TENANT_REQUESTS_PER_SECOND
+        );
         assert_eq!(config.emulator.latency, Duration::ZERO);
+        assert_eq!(config.emulator.teams_app_id, None);
+        assert!(!config.emulator.app_in_every_catalog);
+        assert_eq!(
+            config.emulator.graph_requests_per_second,
+            DEFAULT_GRAPH_REQUESTS_PER_SECOND
+        );
+        assert_eq!(config.emulator.keep_requests, DEFAULT_KEEP_REQUESTS);
+        assert_eq!(
+            config.emulator.keep_per_conversation,
+            DEFAULT_KEEP_PER_CONVERSATION
+        );
+        assert_eq!(config.emulator.keep_activities, DEFAULT_KEEP_ACTIVITIES);
         assert_eq!(config.log_format, LogFormat::Json);
     }
 
@@ -248,7 +350,14 @@ mod tests {
             ("HERALD_TOKEN_ISSUER", "::"),
             ("HERALD_EMULATOR_RATE_LIMITS", "maybe"),
             ("HERALD_EMULATOR_LATENCY", "soon"),
+            ("HERALD_EMULATOR_TENANT_RATE", "0"),
+            ("HERALD_EMULATOR_TENANT_RATE", "5000/1s"),
+            ("HERALD_EMULATOR_GRAPH_RATE", "0"),
+            ("HERALD_EMULATOR_APP_IN_CATALOGS", "all"),
             ("HERALD_LOG_FORMAT", "xml"),
+            ("HERALD_EMULATOR_KEEP_REQUESTS", "-1"),
+            ("HERALD_EMULATOR_KEEP_PER_CONVERSATION", "many"),
+            ("HERALD_EMULATOR_KEEP_ACTIVITIES", "1e5"),
         ] {
             let mut vars = REQUIRED.to_vec();
             vars.push((var, value));
@@ -264,8 +373,18 @@ mod tests {
             ("HERALD_EMULATOR_ADDR", "127.0.0.1:4000"),
             ("HERALD_EMULATOR_PUBLIC_URL", "http://emulator:4000"),
             ("HERALD_EMULATOR_RATE_LIMITS", "off"),
+            ("HERALD_EMULATOR_TENANT_RATE", "5000"),
+            ("HERALD_EMULATOR_GRAPH_RATE", "300"),
+            ("HERALD_EMULATOR_APP_IN_CATALOGS", "on"),
+            (
+                "HERALD_TEAMS_APP_ID",
+                " cf1ba4c7-f94e-4d80-ba90-5594b641a8ee ",
+            ),
             ("HERALD_EMULATOR_LATENCY", "100ms"),
             ("HERALD_LOG_FORMAT", "pretty"),
+            ("HERALD_EMULATOR_KEEP_REQUESTS", "500"),
+            ("HERALD_EMULATOR_KEEP_PER_CONVERSATION", "0"),
+            ("HERALD_EMULATOR_KEEP_ACTIVITIES", "20000"),
         ]);
         let config = parse(&vars).unwrap();
         assert_eq!(config.addr.port(), 4000);
@@ -274,7 +393,22 @@ mod tests {
             Some("http://emulator:4000")
         );
         assert!(!config.emulator.rate_limits);
+        assert_eq!(config.emulator.tenant_requests_per_second, 5_000);
+        assert_eq!(config.emulator.graph_requests_per_second, 300);
+        assert!(config.emulator.app_in_every_catalog);
+        assert_eq!(
+            config.emulator.teams_app_id.as_deref(),
+            Some("cf1ba4c7-f94e-4d80-ba90-5594b641a8ee")
+        );
         assert_eq!(config.emulator.latency, Duration::from_millis(100));
         assert_eq!(config.log_format, LogFormat::Pretty);
+        assert_eq!(
+            (
+                config.emulator.keep_requests,
+                config.emulator.keep_per_conversation,
+                config.emulator.keep_activities
+            ),
+            (500, 0, 20_000)
+        );
     }
 }

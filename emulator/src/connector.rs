@@ -3,9 +3,10 @@
 //! Served under every serviceUrl the emulator hands out — tenant-scoped `/amer/{tenant}/`
 //! (what activities carry), `/teams/` (the default proactive serviceUrl), and the bare root.
 //! Each call goes through the same steps, in Teams' order of concerns: the token, the body's
-//! shape, injected faults, the conversation and the bot's place in it, the rate limits, and
-//! only then delivery.
+//! (or query's) shape, injected faults, the conversation and the bot's place in it, the rate
+//! limits, and only then delivery.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -23,8 +24,10 @@ use time::OffsetDateTime;
 use crate::directory::{Conversation, Directory, ReceivedActivity};
 use crate::entra::traceparent;
 use crate::error::{ConnectorError, MAX_ACTIVITY_BYTES};
+use crate::limits::Bucket;
+use crate::members::{self, Page, PageQuery};
 use crate::recorder::{Counters, Operation, RecordedRequest, lock};
-use crate::state::{Event, Shared};
+use crate::state::{Audience, Event, Shared};
 
 /// The serviceUrl prefixes served. Real Teams hands out region- and tenant-scoped URLs.
 const PREFIXES: [&str; 5] = [
@@ -56,6 +59,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
                 post(endpoint(Operation::ReplyToActivity))
                     .put(endpoint(Operation::UpdateActivity))
                     .delete(endpoint(Operation::DeleteActivity)),
+            )
+            .route(
+                &format!("{prefix}/v3/conversations/{{conversation}}/pagedmembers"),
+                get(endpoint(Operation::GetConversationPagedMembers)),
             );
     }
     router.layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -146,6 +153,8 @@ struct Target {
 enum Answer {
     Created(Value),
     Ok(Value),
+    /// A page of a roster.
+    Members(Page),
     Empty,
 }
 
@@ -154,13 +163,21 @@ impl IntoResponse for Answer {
         match self {
             Answer::Created(body) => (StatusCode::CREATED, Json(body)).into_response(),
             Answer::Ok(body) => (StatusCode::OK, Json(body)).into_response(),
+            Answer::Members(page) => (StatusCode::OK, Json(page)).into_response(),
             Answer::Empty => StatusCode::OK.into_response(),
         }
     }
 }
 
-async fn handle(shared: Arc<Shared>, call: Call) -> Response {
+async fn handle(shared: Arc<Shared>, mut call: Call) -> Response {
     let at = OffsetDateTime::now_utc();
+    // A personal chat's Graph id names the same chat as its `a:` id: one conversation, one
+    // history, one set of limits, whichever id the bot uses.
+    if let Some(id) = &call.conversation_id
+        && let Cow::Owned(canonical) = crate::ids::canonical_conversation_id(&shared.app_id, id)
+    {
+        call.conversation_id = Some(canonical);
+    }
     let latency = shared.settings().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -225,8 +242,12 @@ async fn process(
 ) -> Result<Answer, ConnectorError> {
     authorize(shared, &call.headers)?;
     let body = match call.operation {
-        Operation::DeleteActivity => None,
+        Operation::DeleteActivity | Operation::GetConversationPagedMembers => None,
         _ => Some(parse_body(&call.body)?),
+    };
+    let page = match call.operation {
+        Operation::GetConversationPagedMembers => Some(members::parse_query(call.uri.query())?),
+        _ => None,
     };
     resolve_target(shared, call, body.as_ref(), target);
 
@@ -251,13 +272,15 @@ async fn process(
         Operation::UpdateActivity => update_activity(shared, call, target, body),
         Operation::DeleteActivity => delete_activity(shared, call, target),
         Operation::CreateConversation => create_conversation(shared, call, target, body),
-        Operation::Token | Operation::Other => {
-            Err(ConnectorError::NotFound(call.uri.path().to_owned()))
+        Operation::GetConversationPagedMembers => {
+            paged_members(shared, call, target, &page.unwrap_or_default())
         }
+        _ => Err(ConnectorError::NotFound(call.uri.path().to_owned())),
     }
 }
 
-/// The bearer token must be one the token endpoint issued and that has not expired.
+/// The bearer token must be one the token endpoint issued for the Bot Connector and that has
+/// not expired (a Graph token is for another audience).
 fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ConnectorError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ConnectorError::Unauthorized(
@@ -271,12 +294,14 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ConnectorError>
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .ok_or_else(|| ConnectorError::Unauthorized("expected a Bearer token".to_owned()))?;
-    if lock(&shared.tokens).is_valid(token) {
-        Ok(())
-    } else {
-        Err(ConnectorError::Unauthorized(
+    match lock(&shared.tokens).check(token) {
+        Some(issued) if issued.audience == Audience::Connector => Ok(()),
+        Some(_) => Err(ConnectorError::Unauthorized(
+            "the token's audience is not the Bot Connector".to_owned(),
+        )),
+        None => Err(ConnectorError::Unauthorized(
             "the token was not issued by the token endpoint or has expired".to_owned(),
-        ))
+        )),
     }
 }
 
@@ -383,7 +408,7 @@ fn resolve_target(shared: &Shared, call: &Call, body: Option<&Value>, target: &m
 fn admit(
     shared: &Shared,
     tenant: Option<&str>,
-    thread: Option<&str>,
+    thread: Option<(&str, Bucket)>,
 ) -> Result<(), ConnectorError> {
     if !shared.settings().rate_limits {
         return Ok(());
@@ -424,10 +449,7 @@ fn store_activity(
         edits: Vec::new(),
         card_answer: None,
     };
-    directory
-        .conversation_mut(conversation_id)?
-        .activities
-        .push(stored.clone());
+    directory.keep_sent(conversation_id, &stored)?;
     Ok(stored)
 }
 
@@ -475,7 +497,11 @@ fn send_activity(
     let stored = {
         let mut directory = lock(&shared.directory);
         bot_conversation(&mut directory, &conversation_id, target)?;
-        admit(shared, target.tenant_id.as_deref(), Some(&conversation_id))?;
+        admit(
+            shared,
+            target.tenant_id.as_deref(),
+            Some((&conversation_id, Bucket::Writes)),
+        )?;
         store_new(
             shared,
             &mut directory,
@@ -484,7 +510,7 @@ fn send_activity(
             traceparent(&call.headers),
         )?
     };
-    Counters::bump(&shared.recorder.counters.sends);
+    shared.recorder.sent(target.tenant_id.as_deref());
     let id = stored.id.clone();
     announce(shared, "sent", stored);
     Ok(Answer::Created(json!({ "id": id })))
@@ -506,19 +532,14 @@ fn update_activity(
             conversation: conversation_id.clone(),
             activity: activity_id.clone(),
         };
-        let index = conversation
+        let stored = conversation
             .activities
-            .iter()
-            .position(|stored| stored.id == activity_id && !stored.deleted)
+            .iter_mut()
+            .find(|stored| stored.id == activity_id && !stored.deleted)
             .ok_or_else(not_found)?;
         admit(shared, target.tenant_id.as_deref(), None)?;
-        let stored = &mut conversation.activities[index];
-        let previous = std::mem::replace(&mut stored.activity, activity);
-        stored.edits.push(previous);
-        stored.text = text_of(&stored.activity);
-        // The new version replaces any card or text a card action showed.
-        stored.card_answer = None;
-        stored.clone()
+        stored.update(&activity);
+        stored.received(&conversation_id)
     };
     Counters::bump(&shared.recorder.counters.updates);
     announce(shared, "updated", stored);
@@ -545,7 +566,7 @@ fn delete_activity(
             })?;
         admit(shared, target.tenant_id.as_deref(), None)?;
         stored.deleted = true;
-        stored.clone()
+        stored.received(&conversation_id)
     };
     Counters::bump(&shared.recorder.counters.deletes);
     announce(shared, "deleted", stored);
@@ -593,7 +614,11 @@ fn create_conversation(
         let tenant = directory.check_channel(channel_id)?;
         target.conversation_id = Some(channel_id.to_owned());
         target.tenant_id.get_or_insert(tenant);
-        admit(shared, target.tenant_id.as_deref(), Some(channel_id))?;
+        admit(
+            shared,
+            target.tenant_id.as_deref(),
+            Some((channel_id, Bucket::Writes)),
+        )?;
         // The thread is named after its first post, whose id is the thread's message id.
         let first_id = shared.ids.next();
         let thread_id = format!("{channel_id};messageid={first_id}");
@@ -621,7 +646,11 @@ fn create_conversation(
         let mut directory = lock(&shared.directory);
         let conversation_id = directory.create_personal(&tenant, member_id)?;
         target.conversation_id = Some(conversation_id.clone());
-        admit(shared, Some(&tenant), Some(&conversation_id))?;
+        admit(
+            shared,
+            Some(&tenant),
+            Some((&conversation_id, Bucket::Writes)),
+        )?;
         let stored = match initial {
             Some(activity) => Some(store_new(
                 shared,
@@ -635,12 +664,36 @@ fn create_conversation(
         (conversation_id, stored)
     };
 
-    Counters::bump(&shared.recorder.counters.creates);
+    shared.recorder.created(target.tenant_id.as_deref());
     let mut answer = json!({ "id": conversation_id });
     if let Some(stored) = stored {
-        Counters::bump(&shared.recorder.counters.sends);
+        shared.recorder.sent(target.tenant_id.as_deref());
         answer["activityId"] = Value::String(stored.id.clone());
         announce(shared, "sent", stored);
     }
     Ok(Answer::Created(answer))
+}
+
+/// A page of the conversation's roster. Reading members is limited per thread like Teams'
+/// "get members" (more generous than sends), and per tenant like everything.
+fn paged_members(
+    shared: &Shared,
+    call: &Call,
+    target: &mut Target,
+    query: &PageQuery,
+) -> Result<Answer, ConnectorError> {
+    let conversation_id = call.conversation_id.clone().unwrap_or_default();
+    let mut directory = lock(&shared.directory);
+    let (roster, tenant) = directory.roster(&conversation_id)?;
+    target.tenant_id.get_or_insert(tenant);
+    admit(
+        shared,
+        target.tenant_id.as_deref(),
+        Some((&conversation_id, Bucket::Reads)),
+    )?;
+    let len = directory.roster_len(&roster);
+    let page = Page::read(&shared.app_id, &roster, len, query, |offset, size| {
+        directory.roster_page(&roster, offset, size)
+    })?;
+    Ok(Answer::Members(page))
 }

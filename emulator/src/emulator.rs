@@ -15,13 +15,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EmulatorConfig;
-use crate::directory::{ReceivedActivity, TeamsTeam, TeamsUser};
+use crate::directory::{
+    AppInstallation, CatalogApp, DirectoryGroup, DirectoryUser, GraphPermission, ReceivedActivity,
+    ReceivedCounts, TeamsTeam, TeamsUser,
+};
 use crate::faults::Fault;
+use crate::ids::UserKey;
 use crate::keys::{TokenVariant, key_set};
+use crate::population::GeneratedUsers;
 use crate::recorder::{RecordedRequest, Stats, lock};
 use crate::state::Shared;
 use crate::teams::{self, InstallOutcome, InvokeAnswer};
-use crate::{connector, entra, inspect, page};
+use crate::{connector, entra, graph, inspect, page};
 
 /// How long Teams waits for the bot to answer an activity.
 const BOT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -55,6 +60,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(entra::routes())
         .merge(connector::routes())
+        .merge(graph::routes())
         .merge(inspect::routes())
         .merge(page::routes())
         .fallback(connector::other)
@@ -169,7 +175,7 @@ impl Emulator {
         lock(&self.shared.settings).bot_endpoint = Some(url.to_owned());
     }
 
-    /// Turns the Bot Connector rate limits on or off.
+    /// Turns the rate limits on or off: the Bot Connector's and Graph's.
     pub fn set_rate_limits(&self, on: bool) {
         lock(&self.shared.settings).rate_limits = on;
     }
@@ -314,7 +320,7 @@ impl Emulator {
 
     /// The team's id, which is also its General channel's conversation id.
     pub fn team_conversation_id(&self, team: &TeamsTeam) -> String {
-        crate::directory::team_id(&team.tenant_id, &team.aad_group_id)
+        crate::ids::team_id(&team.tenant_id, &team.aad_group_id)
     }
 
     /// `installationUpdate add` for a team, from `by`.
@@ -350,12 +356,149 @@ impl Emulator {
         directory.add_team_member(team, user);
     }
 
-    /// What the bot sent to a conversation, in order.
+    /// Gives `team` (registered if new; installed or not) `count` generated members after
+    /// those added one by one, replacing any earlier count: member `i` is
+    /// [`GeneratedUsers::user`]`(i)` whatever the count. Nothing is sent to the bot; once the
+    /// app is in the team, `GET …/pagedmembers` lists them and the bot may open a 1:1 chat with
+    /// each. Takes microseconds whatever the count: members are computed, not stored.
+    pub fn generate_team_members(&self, team: &TeamsTeam, count: usize) -> GeneratedUsers {
+        lock(&self.shared.directory).generate_team_members(team, count)
+    }
+
+    /// Gives the tenant `count` generated users, the set named `cohort`, each with the app
+    /// installed personally — without an `installationUpdate` to the bot for each: the bot
+    /// learns of them only if a test tells it, or when it opens their chats with
+    /// `POST v3/conversations`. Their personal chats (see
+    /// [`personal_conversation_id`](Self::personal_conversation_id)) take sends at once.
+    /// Replaces any earlier count of the same cohort.
+    pub fn generate_tenant_users(
+        &self,
+        tenant_id: &str,
+        cohort: &str,
+        count: usize,
+    ) -> GeneratedUsers {
+        lock(&self.shared.directory).generate_tenant_users(tenant_id, cohort, count)
+    }
+
+    /// The Graph stand-in's root, what `https://graph.microsoft.com` is to Graph:
+    /// `{base}/graph`. Calls go to `{graph_url}/v1.0/…`.
+    pub fn graph_url(&self) -> String {
+        self.shared.graph_root()
+    }
+
+    /// The scope of Graph tokens: `{graph_url}/.default`.
+    pub fn graph_scope(&self) -> String {
+        format!("{}/.default", self.shared.graph_root())
+    }
+
+    /// A tenant's token endpoint, `{base}/{tenant}/oauth2/v2.0/token`, where Graph tokens for
+    /// that tenant come from.
+    pub fn tenant_token_url(&self, tenant_id: &str) -> String {
+        format!("{}/{tenant_id}/oauth2/v2.0/token", self.shared.base_url)
+    }
+
+    /// The app's manifest id ([`EmulatorConfig::teams_app_id`], else the app id): the
+    /// `externalId` catalogs know it by.
+    pub fn teams_app_id(&self) -> String {
+        lock(&self.shared.directory).manifest_id().to_owned()
+    }
+
+    /// Adds a user to their tenant's directory (replacing one with the same object id). They
+    /// do not have the app until they install it in Teams or Graph installs it for them.
+    pub fn add_directory_user(&self, user: &DirectoryUser) {
+        lock(&self.shared.directory).add_directory_user(user);
+    }
+
+    /// Gives the tenant's directory `count` generated users, the set named `cohort`, none of
+    /// whom has the app: enabled members whose UPN and mail are their address
+    /// ([`GeneratedUsers::directory_user`]). Computed, not stored: a million cost nothing.
+    /// Replaces any earlier count of the same cohort.
+    pub fn generate_directory_users(
+        &self,
+        tenant_id: &str,
+        cohort: &str,
+        count: usize,
+    ) -> GeneratedUsers {
+        lock(&self.shared.directory).generate_directory_users(tenant_id, cohort, count)
+    }
+
+    /// Adds a group to its tenant's directory (replacing one with the same id). Members may
+    /// be users, nested groups (added before or after) and ranges of generated users.
+    pub fn create_group(&self, group: &DirectoryGroup) {
+        lock(&self.shared.directory).add_group(group);
+    }
+
+    /// Puts the app (its manifest id, [`teams_app_id`](Self::teams_app_id)) in the tenant's
+    /// org catalog, and returns its catalog entry: its `id` is the tenant's own.
+    pub fn put_app_in_catalog(&self, tenant_id: &str) -> CatalogApp {
+        let mut directory = lock(&self.shared.directory);
+        let app = CatalogApp::organization(
+            tenant_id,
+            directory.manifest_id(),
+            crate::directory::APP_NAME,
+        );
+        directory.add_catalog_app(tenant_id, &app);
+        app
+    }
+
+    /// Puts an app in the tenant's catalog (replacing one with the same manifest id). Only
+    /// the app with the emulator's manifest id has the bot; others install without a chat.
+    pub fn add_catalog_app(&self, tenant_id: &str, app: &CatalogApp) {
+        lock(&self.shared.directory).add_catalog_app(tenant_id, app);
+    }
+
+    /// Takes the app with this manifest id out of the tenant's catalog.
+    pub fn remove_catalog_app(&self, tenant_id: &str, manifest_id: &str) {
+        lock(&self.shared.directory).remove_catalog_app(tenant_id, manifest_id);
+    }
+
+    /// The tenant's app catalog, as Graph lists it.
+    pub fn catalog(&self, tenant_id: &str) -> Vec<CatalogApp> {
+        lock(&self.shared.directory).catalog(tenant_id)
+    }
+
+    /// Withholds these application permissions in the tenant, granting every other (an
+    /// empty list grants them all again). Graph calls needing one answer 403
+    /// `Authorization_RequestDenied` from now on, whatever token they carry.
+    pub fn withhold_graph_permissions(&self, tenant_id: &str, withheld: &[GraphPermission]) {
+        lock(&self.shared.directory).withhold_permissions(tenant_id, withheld);
+    }
+
+    /// Whether the user has the app installed personally, and how it got there.
+    pub fn app_installation(
+        &self,
+        tenant_id: &str,
+        aad_object_id: &str,
+    ) -> Option<AppInstallation> {
+        lock(&self.shared.directory).installation(&UserKey::new(tenant_id, aad_object_id))
+    }
+
+    /// The user's personal chat with the bot as Graph names it (`19:…@unq.gbl.spaces`): the
+    /// same chat as [`personal_conversation_id`](Self::personal_conversation_id), which the
+    /// Bot Connector takes too.
+    pub fn graph_chat_id(&self, user: &TeamsUser) -> String {
+        crate::ids::graph_chat_id(&self.shared.app_id, &user.tenant_id, &user.aad_object_id)
+    }
+
+    /// What the bot sent to a conversation, in order: the last
+    /// [`EmulatorConfig::keep_per_conversation`] at most, fewer once
+    /// [`EmulatorConfig::keep_activities`] were kept in all.
     pub fn activities(&self, conversation_id: &str) -> Vec<ReceivedActivity> {
         lock(&self.shared.directory).activities(conversation_id)
     }
 
-    /// Every Bot Connector and token request so far, in order.
+    /// How many activities of the bot were accepted in a conversation, kept or dropped.
+    pub fn received_count(&self, conversation_id: &str) -> u64 {
+        lock(&self.shared.directory).received_count(conversation_id)
+    }
+
+    /// How many conversations received how many activities, in one tenant or (`None`) all.
+    pub fn received_counts(&self, tenant_id: Option<&str>) -> ReceivedCounts {
+        lock(&self.shared.directory).received_counts(tenant_id)
+    }
+
+    /// The Bot Connector, Graph and token requests, in order: the last
+    /// [`EmulatorConfig::keep_requests`].
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.recorder.all()
     }
@@ -370,9 +513,9 @@ impl Emulator {
         self.stats().throttled
     }
 
-    /// All counters.
+    /// All counters, overall and per tenant; exact however much was dropped.
     pub fn stats(&self) -> Stats {
-        self.shared.recorder.counters.snapshot()
+        self.shared.stats()
     }
 
     /// Adds a fault rule (after those already pending).

@@ -1,5 +1,5 @@
-//! The login side: Entra's client-credentials token endpoint and Bot Framework's OpenID
-//! metadata and signing keys.
+//! The login side: Entra's client-credentials token endpoint (tokens for the Bot Connector
+//! and for the Graph stand-in) and Bot Framework's OpenID metadata and signing keys.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +18,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::ConnectorError;
+use crate::keys::token_tenant;
 use crate::recorder::{Counters, Operation, RecordedRequest, lock};
-use crate::state::Shared;
+use crate::state::{Audience, IssuedToken, Shared};
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -46,11 +47,20 @@ async fn keys(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(shared.keys.jwks())
 }
 
-/// The scopes a client-credentials request for the Bot Connector may ask for: the public
-/// cloud's, or the configured issuer's (government clouds pair them the same way).
-fn scope_is_valid(shared: &Shared, scope: &str) -> bool {
-    scope == "https://api.botframework.com/.default"
+/// Whom a client-credentials request's scope asks a token for: the Bot Connector (the public
+/// cloud's scope, or the configured issuer's: government clouds pair them the same way), or
+/// the Graph stand-in (its root + `/.default`, as a client configured with the emulator's
+/// Graph URL derives it); `None` for any other scope.
+fn audience_of(shared: &Shared, scope: &str) -> Option<Audience> {
+    if scope == "https://api.botframework.com/.default"
         || scope == format!("{}/.default", shared.issuer.trim_end_matches('/'))
+    {
+        Some(Audience::Connector)
+    } else if scope == format!("{}/.default", shared.graph_root()) {
+        Some(Audience::Graph)
+    } else {
+        None
+    }
 }
 
 /// A refused token request: Entra's answer and its `error` name for the request log.
@@ -115,12 +125,13 @@ fn client_credentials(
 }
 
 /// Checks a token request the way Entra does: the request's shape first, then the client.
+/// Returns the audience the scope asks for.
 fn check_request(
     shared: &Shared,
     tenant: &str,
     form: &HashMap<String, String>,
     headers: &HeaderMap,
-) -> Result<(), Refusal> {
+) -> Result<Audience, Refusal> {
     let missing = |name: &str| {
         entra_error(
             StatusCode::BAD_REQUEST,
@@ -143,7 +154,7 @@ fn check_request(
     let (client_id, client_secret) = client_credentials(form, headers);
     let client_id = client_id.ok_or_else(|| missing("client_id"))?;
     let scope = form.get("scope").ok_or_else(|| missing("scope"))?;
-    if !scope_is_valid(shared, scope) {
+    let Some(audience) = audience_of(shared, scope) else {
         return Err(entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
@@ -152,7 +163,7 @@ fn check_request(
                 "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
             ),
         ));
-    }
+    };
     if client_id != shared.app_id {
         return Err(entra_error(
             StatusCode::UNAUTHORIZED,
@@ -178,7 +189,7 @@ fn check_request(
                 "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
             ),
         )),
-        Some(_) => Ok(()),
+        Some(_) => Ok(audience),
     }
 }
 
@@ -190,7 +201,17 @@ async fn token(
     body: Bytes,
 ) -> Response {
     let at = OffsetDateTime::now_utc();
-    let fault = lock(&shared.faults).take(Operation::Token, None, Some(&tenant));
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    // The scope says which of the two operations this is, so that a fault for Bot Connector
+    // tokens leaves Graph's alone and the other way round.
+    let operation = match form
+        .get("scope")
+        .and_then(|scope| audience_of(&shared, scope))
+    {
+        Some(Audience::Graph) => Operation::GraphToken,
+        _ => Operation::Token,
+    };
+    let fault = lock(&shared.faults).take(operation, None, Some(&tenant));
     let (response, error_code) = match fault {
         Some(fault) => {
             Counters::bump(&shared.recorder.counters.faults_applied);
@@ -203,49 +224,20 @@ async fn token(
                 code,
             )
         }
-        None => {
-            let form: HashMap<String, String> =
-                url::form_urlencoded::parse(&body).into_owned().collect();
-            match check_request(&shared, &tenant, &form, &headers) {
-                Err(refusal) => {
-                    Counters::bump(&shared.recorder.counters.token_refusals);
-                    let code = Some(refusal.error.to_owned());
-                    (refusal.into_response(), code)
-                }
-                Ok(()) => {
-                    let lifetime = shared.token_lifetime;
-                    let lifetime_secs = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
-                    let access_token =
-                        shared
-                            .keys
-                            .access_token(&shared.app_id, &tenant, lifetime_secs);
-                    lock(&shared.tokens).insert(access_token.clone(), Instant::now() + lifetime);
-                    Counters::bump(&shared.recorder.counters.token_issues);
-                    let body = json!({
-                        "token_type": "Bearer",
-                        "expires_in": lifetime_secs,
-                        "ext_expires_in": lifetime_secs,
-                        "access_token": access_token,
-                    });
-                    let response = (
-                        StatusCode::OK,
-                        [
-                            (header::CACHE_CONTROL, "no-store, no-cache"),
-                            (header::PRAGMA, "no-cache"),
-                        ],
-                        Json(body),
-                    )
-                        .into_response();
-                    (response, None)
-                }
+        None => match check_request(&shared, &tenant, &form, &headers) {
+            Err(refusal) => {
+                Counters::bump(&shared.recorder.counters.token_refusals);
+                let code = Some(refusal.error.to_owned());
+                (refusal.into_response(), code)
             }
-        }
+            Ok(audience) => (issue(&shared, &tenant, audience), None),
+        },
     };
     shared.recorder.record(RecordedRequest {
         at,
         method: "POST".to_owned(),
         path: uri.path().to_owned(),
-        operation: Operation::Token,
+        operation,
         conversation_id: None,
         tenant_id: Some(tenant),
         status: response.status().as_u16(),
@@ -254,6 +246,56 @@ async fn token(
         traceparent: traceparent(&headers),
     });
     response
+}
+
+/// Issues a token for `audience` in `tenant` and answers with it.
+fn issue(shared: &Shared, tenant: &str, audience: Audience) -> Response {
+    let lifetime = shared.token_lifetime;
+    let lifetime_secs = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+    let tenant_id = token_tenant(tenant);
+    let access_token = match audience {
+        Audience::Connector => {
+            Counters::bump(&shared.recorder.counters.token_issues);
+            shared
+                .keys
+                .access_token(&shared.app_id, tenant, lifetime_secs)
+        }
+        Audience::Graph => {
+            Counters::bump(&shared.recorder.counters.graph_token_issues);
+            let granted = lock(&shared.directory).granted_permissions(&tenant_id);
+            let roles: Vec<&str> = granted.iter().map(|permission| permission.name()).collect();
+            shared.keys.graph_token(
+                &shared.graph_root(),
+                &shared.app_id,
+                tenant,
+                lifetime_secs,
+                &roles,
+            )
+        }
+    };
+    lock(&shared.tokens).insert(
+        access_token.clone(),
+        IssuedToken {
+            expires: Instant::now() + lifetime,
+            audience,
+            tenant_id,
+        },
+    );
+    let body = json!({
+        "token_type": "Bearer",
+        "expires_in": lifetime_secs,
+        "ext_expires_in": lifetime_secs,
+        "access_token": access_token,
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CACHE_CONTROL, "no-store, no-cache"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        Json(body),
+    )
+        .into_response()
 }
 
 /// The `traceparent` header, if any.

@@ -27,8 +27,6 @@ pub(crate) enum ConnectorError {
     },
     #[error("The bot is not part of the conversation roster.")]
     BotNotInConversationRoster,
-    #[error("User {member} was not found in tenant {tenant}")]
-    UserNotFound { member: String, tenant: String },
     #[error("Message size too big: {0} bytes (at most {MAX_ACTIVITY_BYTES})")]
     MessageSizeTooBig(usize),
     #[error("Too many requests; retry after {retry_after_secs} s")]
@@ -45,8 +43,7 @@ impl ConnectorError {
             ConnectorError::BadArgument(_) => StatusCode::BAD_REQUEST,
             ConnectorError::NotFound(_)
             | ConnectorError::ConversationNotFound(_)
-            | ConnectorError::ActivityNotFound { .. }
-            | ConnectorError::UserNotFound { .. } => StatusCode::NOT_FOUND,
+            | ConnectorError::ActivityNotFound { .. } => StatusCode::NOT_FOUND,
             ConnectorError::BotNotInConversationRoster => StatusCode::FORBIDDEN,
             ConnectorError::MessageSizeTooBig(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ConnectorError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -65,7 +62,6 @@ impl ConnectorError {
             ConnectorError::ConversationNotFound(_) => "ConversationNotFound",
             ConnectorError::ActivityNotFound { .. } => "ActivityNotFoundInConversation",
             ConnectorError::BotNotInConversationRoster => "BotNotInConversationRoster",
-            ConnectorError::UserNotFound { .. } => "UserNotFound",
             ConnectorError::MessageSizeTooBig(_) => "MessageSizeTooBig",
             ConnectorError::Throttled { .. } => "Throttled",
             ConnectorError::Injected(fault) => return fault.error_code(),

@@ -9,9 +9,11 @@ use crate::error::error_body;
 use crate::recorder::Operation;
 
 /// One fault rule. Matchers left `None` match anything; a rule with no `operation` matches
-/// Bot Connector calls only (a token-endpoint fault must say `Operation::Token`, so that a
-/// "fail the next send" rule does not hit the bot's token fetch first). A matching request
-/// gets this answer, is not delivered, and uses up one of `times` (`0` = until cleared).
+/// Bot Connector calls only (a token-endpoint or Graph fault must name its operation, e.g.
+/// `Operation::Token` or `Operation::GraphInstallApp`, so that a "fail the next send" rule
+/// does not hit the bot's token fetch or a Graph lookup first). A matching request gets this
+/// answer, is not delivered, and uses up one of `times` (`0` = until cleared). For Graph the
+/// tenant matched is the token's, and the body is Graph's error shape (see `graph`).
 ///
 /// Over HTTP the fields are camelCase and `latency` is `latencyMs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +132,7 @@ impl Fault {
     ) -> bool {
         let operation_matches = match self.operation {
             Some(wanted) => wanted == operation,
-            None => operation != Operation::Token,
+            None => !operation.is_token() && !operation.is_graph(),
         };
         let conversation_matches = self
             .conversation_id
@@ -280,8 +282,11 @@ mod tests {
         let mut faults = FaultList::default();
         faults.push(Fault::new(500));
         assert!(faults.take(Operation::Token, None, None).is_none());
+        assert!(faults.take(Operation::GraphGetUser, None, None).is_none());
         faults.push(Fault::new(500).operation(Operation::Token));
         assert!(faults.take(Operation::Token, None, None).is_some());
+        faults.push(Fault::new(503).operation(Operation::GraphGetUser));
+        assert!(faults.take(Operation::GraphGetUser, None, None).is_some());
     }
 
     #[test]

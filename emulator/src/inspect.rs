@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -17,8 +17,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::directory::{TeamsTeam, TeamsUser};
+use crate::directory::{
+    APP_NAME, CatalogApp, ConversationFilter, DirectoryGroup, DirectoryUser, DistributionMethod,
+    GraphPermission, TeamsTeam, TeamsUser,
+};
 use crate::faults::Fault;
+use crate::ids::UserKey;
 use crate::keys::TokenVariant;
 use crate::recorder::lock;
 use crate::state::Shared;
@@ -28,6 +32,8 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/_emulator/info", get(info))
         .route("/_emulator/conversations", get(conversations))
+        .route("/_emulator/received-counts", get(received_counts))
+        .route("/_emulator/traffic", get(traffic))
         .route("/_emulator/conversations/{id}/activities", get(activities))
         .route("/_emulator/conversations/{id}/inbound", get(inbound))
         .route("/_emulator/requests", get(requests))
@@ -45,7 +51,27 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/_emulator/teams/read-receipt", post(read_receipt))
         .route("/_emulator/teams/team/install", post(install_team))
         .route("/_emulator/teams/team/uninstall", post(uninstall_team))
+        .route("/_emulator/teams/team/members", post(generate_team_members))
+        .route("/_emulator/teams/tenant/users", post(generate_tenant_users))
         .route("/_emulator/events", get(events))
+        .route("/_emulator/graph/users", post(add_directory_users))
+        .route(
+            "/_emulator/graph/users/generate",
+            post(generate_directory_users),
+        )
+        .route("/_emulator/graph/groups", post(create_groups))
+        .route(
+            "/_emulator/graph/catalog",
+            get(catalog)
+                .post(add_to_catalog)
+                .delete(remove_from_catalog),
+        )
+        .route(
+            "/_emulator/graph/permissions",
+            get(permissions).post(withhold_permissions),
+        )
+        .route("/_emulator/graph/installation", get(installation))
+        .route("/_emulator/graph/people", get(people))
 }
 
 async fn info(State(shared): State<Arc<Shared>>) -> Json<Value> {
@@ -58,12 +84,48 @@ async fn info(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "serviceUrlTemplate": format!("{base}/amer/{{tenantId}}/"),
         "defaultServiceUrl": format!("{base}/teams/"),
         "issuer": shared.issuer,
+        "graphUrl": shared.graph_root(),
+        "graphScope": format!("{}/.default", shared.graph_root()),
+        "graphTokenUrlTemplate": format!("{base}/{{tenantId}}/oauth2/v2.0/token"),
+        "graphRequestsPerSecond": shared.graph_requests_per_second,
+        "teamsAppId": lock(&shared.directory).manifest_id(),
         "settings": shared.settings(),
+        "tenantRequestsPerSecond": shared.tenant_requests_per_second,
+        "retention": shared.retention,
     }))
 }
 
-async fn conversations(State(shared): State<Arc<Shared>>) -> Response {
-    Json(lock(&shared.directory).summaries()).into_response()
+async fn conversations(
+    State(shared): State<Arc<Shared>>,
+    Query(filter): Query<ConversationFilter>,
+) -> Response {
+    Json(lock(&shared.directory).summaries(&filter)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TenantQuery {
+    tenant_id: Option<String>,
+}
+
+async fn received_counts(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<TenantQuery>,
+) -> Response {
+    Json(lock(&shared.directory).received_counts(query.tenant_id.as_deref())).into_response()
+}
+
+/// Tenants the traffic panel lists unless asked for another number.
+const TRAFFIC_TENANTS: usize = 20;
+
+async fn traffic(State(shared): State<Arc<Shared>>, Query(limit): Query<Limit>) -> Response {
+    let limit = limit.limit.unwrap_or(TRAFFIC_TENANTS);
+    let report =
+        shared
+            .recorder
+            .traffic
+            .report(Instant::now(), limit, shared.tenant_requests_per_second);
+    Json(report).into_response()
 }
 
 async fn activities(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
@@ -87,7 +149,7 @@ async fn requests(State(shared): State<Arc<Shared>>, Query(limit): Query<Limit>)
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.recorder.counters.snapshot()).into_response()
+    Json(shared.stats()).into_response()
 }
 
 async fn faults(State(shared): State<Arc<Shared>>) -> Response {
@@ -314,6 +376,9 @@ struct TeamAct {
     aad_object_id: String,
     #[serde(default)]
     name: String,
+    /// Also give the team this many generated members.
+    #[serde(default)]
+    generate_members: Option<usize>,
 }
 
 impl TeamAct {
@@ -327,17 +392,79 @@ impl TeamAct {
 }
 
 async fn install_team(State(shared): State<Arc<Shared>>, Json(act): Json<TeamAct>) -> Response {
-    match teams::install_team(&shared, &act.team(), &act.user()).await {
-        Ok(outcome) => Json(outcome).into_response(),
-        Err(err) => unreachable(&err),
+    let team = act.team();
+    let outcome = match teams::install_team(&shared, &team, &act.user()).await {
+        Ok(outcome) => outcome,
+        Err(err) => return unreachable(&err),
+    };
+    let mut answer = json!(outcome);
+    if let Some(count) = act.generate_members {
+        let generated = lock(&shared.directory).generate_team_members(&team, count);
+        answer["generatedMembers"] = json!(generated);
     }
+    Json(answer).into_response()
+}
+
+/// A team to give generated members, installed or not.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TeamMembers {
+    tenant_id: String,
+    aad_group_id: String,
+    #[serde(default)]
+    team_name: String,
+    count: usize,
+}
+
+async fn generate_team_members(
+    State(shared): State<Arc<Shared>>,
+    Json(request): Json<TeamMembers>,
+) -> Response {
+    let team = TeamsTeam::new(
+        &request.tenant_id,
+        &request.aad_group_id,
+        &request.team_name,
+    );
+    let generated = lock(&shared.directory).generate_team_members(&team, request.count);
+    Json(json!({
+        "teamId": crate::ids::team_id(&team.tenant_id, &team.aad_group_id),
+        "generatedMembers": generated,
+    }))
+    .into_response()
+}
+
+/// Users of a tenant who have the app, generated.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TenantUsers {
+    tenant_id: String,
+    /// Names the set, so that a tenant can have several; `users` unless given.
+    #[serde(default = "default_cohort")]
+    cohort: String,
+    count: usize,
+}
+
+fn default_cohort() -> String {
+    "users".to_owned()
+}
+
+async fn generate_tenant_users(
+    State(shared): State<Arc<Shared>>,
+    Json(request): Json<TenantUsers>,
+) -> Response {
+    let generated = lock(&shared.directory).generate_tenant_users(
+        &request.tenant_id,
+        &request.cohort,
+        request.count,
+    );
+    Json(generated).into_response()
 }
 
 async fn uninstall_team(State(shared): State<Arc<Shared>>, Json(act): Json<TeamAct>) -> Response {
     let team = act.team();
     match teams::uninstall_team(&shared, &team, &act.user()).await {
         Ok(status) => Json(json!({
-            "conversationId": crate::directory::team_id(&team.tenant_id, &team.aad_group_id),
+            "conversationId": crate::ids::team_id(&team.tenant_id, &team.aad_group_id),
             "status": status,
         }))
         .into_response(),
@@ -378,4 +505,211 @@ async fn events(
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// One item or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(item) => vec![item],
+            OneOrMany::Many(items) => items,
+        }
+    }
+}
+
+/// Adds directory users (one or a list; see `DirectoryUser`): `{"added": n, "users": [...]}`
+/// with the ids they were given.
+async fn add_directory_users(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<OneOrMany<DirectoryUser>>,
+) -> Response {
+    let users = body.into_vec();
+    let mut directory = lock(&shared.directory);
+    for user in &users {
+        directory.add_directory_user(user);
+    }
+    (
+        StatusCode::CREATED,
+        Json(json!({ "added": users.len(), "users": users })),
+    )
+        .into_response()
+}
+
+async fn generate_directory_users(
+    State(shared): State<Arc<Shared>>,
+    Json(request): Json<TenantUsers>,
+) -> Response {
+    let generated = lock(&shared.directory).generate_directory_users(
+        &request.tenant_id,
+        &request.cohort,
+        request.count,
+    );
+    Json(generated).into_response()
+}
+
+/// Adds groups (one or a list; see `DirectoryGroup`), answered with the ids they were given.
+async fn create_groups(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<OneOrMany<DirectoryGroup>>,
+) -> Response {
+    let groups = body.into_vec();
+    let mut directory = lock(&shared.directory);
+    for group in &groups {
+        directory.add_group(group);
+    }
+    (StatusCode::CREATED, Json(json!({ "groups": groups }))).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TenantOnly {
+    tenant_id: String,
+}
+
+async fn catalog(State(shared): State<Arc<Shared>>, Query(query): Query<TenantOnly>) -> Response {
+    Json(lock(&shared.directory).catalog(&query.tenant_id)).into_response()
+}
+
+/// An app to put in a tenant's catalog: the bot's unless `manifestId` names another.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CatalogRequest {
+    tenant_id: String,
+    manifest_id: Option<String>,
+    display_name: Option<String>,
+    /// `organization` (default) or `store`.
+    distribution_method: Option<DistributionMethod>,
+}
+
+async fn add_to_catalog(
+    State(shared): State<Arc<Shared>>,
+    Json(request): Json<CatalogRequest>,
+) -> Response {
+    let mut directory = lock(&shared.directory);
+    let manifest = request
+        .manifest_id
+        .unwrap_or_else(|| directory.manifest_id().to_owned());
+    let name = request.display_name.unwrap_or_else(|| APP_NAME.to_owned());
+    let app = match request.distribution_method {
+        Some(DistributionMethod::Store) => CatalogApp::store(&manifest, &name),
+        None | Some(DistributionMethod::Organization) => {
+            CatalogApp::organization(&request.tenant_id, &manifest, &name)
+        }
+        Some(DistributionMethod::Sideloaded) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": "a sideloaded app is not in a catalog" })),
+            )
+                .into_response();
+        }
+    };
+    directory.add_catalog_app(&request.tenant_id, &app);
+    (StatusCode::CREATED, Json(app)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CatalogRemoval {
+    tenant_id: String,
+    manifest_id: Option<String>,
+}
+
+async fn remove_from_catalog(
+    State(shared): State<Arc<Shared>>,
+    Query(request): Query<CatalogRemoval>,
+) -> StatusCode {
+    let mut directory = lock(&shared.directory);
+    let manifest = request
+        .manifest_id
+        .unwrap_or_else(|| directory.manifest_id().to_owned());
+    directory.remove_catalog_app(&request.tenant_id, &manifest);
+    StatusCode::NO_CONTENT
+}
+
+fn permission_report(shared: &Shared, tenant_id: &str) -> Value {
+    let granted = lock(&shared.directory).granted_permissions(tenant_id);
+    let withheld: Vec<GraphPermission> = GraphPermission::ALL
+        .into_iter()
+        .filter(|permission| !granted.contains(permission))
+        .collect();
+    json!({ "tenantId": tenant_id, "granted": granted, "withheld": withheld })
+}
+
+async fn permissions(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<TenantOnly>,
+) -> Response {
+    Json(permission_report(&shared, &query.tenant_id)).into_response()
+}
+
+/// The application permissions a tenant withholds (every other is granted).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Withheld {
+    tenant_id: String,
+    #[serde(default)]
+    withheld: Vec<GraphPermission>,
+}
+
+async fn withhold_permissions(
+    State(shared): State<Arc<Shared>>,
+    Json(request): Json<Withheld>,
+) -> Response {
+    lock(&shared.directory).withhold_permissions(&request.tenant_id, &request.withheld);
+    Json(permission_report(&shared, &request.tenant_id)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserQuery {
+    tenant_id: String,
+    aad_object_id: String,
+}
+
+/// The user's installation of the app (with how it got there), or 404 when they do not
+/// have it.
+async fn installation(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<UserQuery>,
+) -> Response {
+    let key = UserKey::new(&query.tenant_id, &query.aad_object_id);
+    match lock(&shared.directory).installation(&key) {
+        Some(installation) => Json(installation).into_response(),
+        None => not_found(format!(
+            "user {} of tenant {} does not have the app",
+            query.aad_object_id, query.tenant_id
+        )),
+    }
+}
+
+/// How much of the directories the page is shown.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PeopleQuery {
+    tenants: Option<usize>,
+    per_tenant: Option<usize>,
+}
+
+/// Tenants the people list shows unless asked for another number, and users of each.
+const PEOPLE_TENANTS: usize = 8;
+const PEOPLE_PER_TENANT: usize = 20;
+/// The most either may be: the list is for a page, not a directory export.
+const PEOPLE_MAX: usize = 200;
+
+/// Per tenant, the directory users who never installed the app themselves (without it, or
+/// with it installed through Graph): the first few, for the page.
+async fn people(State(shared): State<Arc<Shared>>, Query(query): Query<PeopleQuery>) -> Response {
+    let tenants = query.tenants.unwrap_or(PEOPLE_TENANTS).min(PEOPLE_MAX);
+    let per_tenant = query
+        .per_tenant
+        .unwrap_or(PEOPLE_PER_TENANT)
+        .min(PEOPLE_MAX);
+    Json(lock(&shared.directory).people_without_own_install(tenants, per_tenant)).into_response()
 }

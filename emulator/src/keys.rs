@@ -149,7 +149,7 @@ struct InboundClaims<'a> {
     serviceurl: &'a str,
 }
 
-/// Claims of an Entra client-credentials access token for the Bot Connector.
+/// Claims of an Entra client-credentials access token (for the Bot Connector or Graph).
 #[derive(Debug, Serialize)]
 struct AccessClaims<'a> {
     aud: &'a str,
@@ -164,10 +164,26 @@ struct AccessClaims<'a> {
     sub: &'a str,
     uti: String,
     ver: &'a str,
+    /// The application permissions granted in the tenant (Graph tokens carry them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<&'a [&'a str]>,
 }
 
 /// The audience of Bot Connector access tokens, whatever the emulator's own address.
 const CONNECTOR_AUDIENCE: &str = "https://api.botframework.com";
+
+/// The tenant multi-tenant bots get their Bot Connector tokens from (`botframework.com`).
+const BOT_FRAMEWORK_TENANT: &str = "d6d49420-f39b-4df7-a1dc-d59a935871db";
+
+/// The `tid` of a token asked for at `/{tenant}/oauth2/v2.0/token`: multi-tenant bots get
+/// tokens from the Bot Framework tenant.
+pub(crate) fn token_tenant(tenant: &str) -> String {
+    if tenant.eq_ignore_ascii_case("botframework.com") {
+        BOT_FRAMEWORK_TENANT.to_owned()
+    } else {
+        tenant.to_owned()
+    }
+}
 
 impl KeySet {
     /// The JWKS document, as served at `/v1/.well-known/keys`.
@@ -241,15 +257,34 @@ impl KeySet {
 
     /// An access token as Entra would issue it to the bot for the Bot Connector.
     pub(crate) fn access_token(&self, app_id: &str, tenant: &str, lifetime_secs: i64) -> String {
+        self.sign_access(CONNECTOR_AUDIENCE, app_id, tenant, lifetime_secs, None)
+    }
+
+    /// An access token for Graph (audience `graph_root`), with the tenant's granted
+    /// application permissions as `roles`, as Entra issues them.
+    pub(crate) fn graph_token(
+        &self,
+        graph_root: &str,
+        app_id: &str,
+        tenant: &str,
+        lifetime_secs: i64,
+        roles: &[&str],
+    ) -> String {
+        self.sign_access(graph_root, app_id, tenant, lifetime_secs, Some(roles))
+    }
+
+    fn sign_access(
+        &self,
+        audience: &str,
+        app_id: &str,
+        tenant: &str,
+        lifetime_secs: i64,
+        roles: Option<&[&str]>,
+    ) -> String {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        // Multi-tenant bots get tokens from the Bot Framework tenant.
-        let tid = if tenant.eq_ignore_ascii_case("botframework.com") {
-            "d6d49420-f39b-4df7-a1dc-d59a935871db"
-        } else {
-            tenant
-        };
+        let tid = token_tenant(tenant);
         let claims = AccessClaims {
-            aud: CONNECTOR_AUDIENCE,
+            aud: audience,
             iss: format!("https://sts.windows.net/{tid}/"),
             iat: now,
             nbf: now,
@@ -257,10 +292,11 @@ impl KeySet {
             appid: app_id,
             appidacr: "1",
             idp: format!("https://sts.windows.net/{tid}/"),
-            tid,
+            tid: &tid,
             sub: app_id,
             uti: uuid::Uuid::new_v4().simple().to_string(),
             ver: "1.0",
+            roles,
         };
         self.teams.sign(&self.teams.kid, &claims)
     }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use crate::directory::{CardAnswer, InboundActivity, TeamsTeam, TeamsUser};
+use crate::directory::{CardAnswer, TeamsTeam, TeamsUser};
 use crate::keys::TokenVariant;
 use crate::recorder::{Counters, lock};
 use crate::state::{Event, Shared};
@@ -194,9 +194,10 @@ pub(crate) fn card_action_activity(
 /// The `Action.Execute` with `verb` on the cards of the bot's message `reply_to_id`.
 fn card_action(shared: &Shared, user: &TeamsUser, reply_to_id: &str, verb: &str) -> Option<Value> {
     let mut directory = lock(&shared.directory);
-    let stored = directory.personal_activity_mut(user, reply_to_id)?;
+    let stored = directory
+        .personal_activity_mut(user, reply_to_id)?
+        .activity();
     stored
-        .activity
         .get("attachments")?
         .as_array()?
         .iter()
@@ -404,14 +405,7 @@ pub(crate) async fn post_activity(
         .and_then(Value::as_str)
         .unwrap_or_default();
     tracing::debug!(%endpoint, status, kind, "activity posted to the bot");
-    lock(&shared.directory).record_inbound(
-        &conversation_id,
-        InboundActivity {
-            at: OffsetDateTime::now_utc(),
-            activity: activity.clone(),
-            status,
-        },
-    );
+    lock(&shared.directory).keep_inbound(&conversation_id, activity, status);
     shared.publish(Event::ToBot {
         conversation_id,
         activity: activity.clone(),
@@ -448,7 +442,7 @@ pub(crate) async fn install_team(
     let (conversation_update_status, _) =
         post_activity(shared, &added, TokenVariant::Valid).await?;
     Ok(InstallOutcome {
-        conversation_id: crate::directory::team_id(&t.tenant_id, &t.aad_group_id),
+        conversation_id: crate::ids::team_id(&t.tenant_id, &t.aad_group_id),
         installation_update_status,
         conversation_update_status,
     })
@@ -547,14 +541,17 @@ fn apply_card_answer(
     let (card_answer, card) = read_card_answer(verb, answer);
     let stored = {
         let mut directory = lock(&shared.directory);
+        let conversation_id = directory.personal_conversation_id(user);
         let Some(stored) = directory.personal_activity_mut(user, message_id) else {
             return;
         };
-        if let Some(card) = card {
-            replace_card(&mut stored.activity, card);
-        }
-        stored.card_answer = Some(card_answer);
-        stored.clone()
+        let replaced = card.map(|card| {
+            let mut activity = stored.activity();
+            replace_card(&mut activity, card);
+            activity
+        });
+        stored.answer_card(replaced.as_ref(), card_answer);
+        stored.received(&conversation_id)
     };
     shared.publish(Event::Activity {
         change: "answered",

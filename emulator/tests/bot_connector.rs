@@ -367,15 +367,16 @@ async fn the_bot_can_open_a_personal_chat_with_a_known_user() {
         assert_eq!(answer.body["id"], emulator.personal_conversation_id(&user));
     }
 
-    // Someone Teams has never seen in that tenant.
+    // Someone the bot has no way to: Teams does not say whether they exist, only that the
+    // bot is not in their roster.
     let stranger = json!({
         "isGroup": false,
         "members": [{"id": uuid::Uuid::new_v4().to_string()}],
         "channelData": {"tenant": {"id": user.tenant_id}}
     });
     let answer = call(Method::POST, &url, Some(&token), Some(&stranger)).await;
-    assert_eq!(answer.status, 404);
-    assert_eq!(answer.code(), Some("UserNotFound"));
+    assert_eq!(answer.status, 403);
+    assert_eq!(answer.code(), Some("BotNotInConversationRoster"));
 
     let creates = emulator
         .requests()

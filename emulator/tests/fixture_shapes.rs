@@ -237,3 +237,122 @@ async fn card_actions_and_read_receipts_have_the_fields_of_captured_ones() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_roster_page_has_the_fields_of_the_documented_one() {
+    let (emulator, _bot) = common::start_with_bot(config()).await;
+    let installer = TeamsUser::random();
+    let team = TeamsTeam::random_in(&installer.tenant_id);
+    emulator.install_team(&team, &installer).await.unwrap();
+    emulator.generate_team_members(&team, 60);
+    let token = common::bot_token(&emulator).await;
+    let url = format!(
+        "{}v3/conversations/{}/pagedmembers?pageSize=50",
+        emulator.service_url(&team.tenant_id),
+        common::encoded(&emulator.team_conversation_id(&team))
+    );
+    let page = common::call(reqwest::Method::GET, &url, Some(&token), None).await;
+    assert_eq!(page.status, 200);
+    // The docs' sample calls the object id `objectId`; the SDKs (botbuilder's
+    // `TeamsChannelAccount`, teams.ts' `Account`) read `aadObjectId`, which is served.
+    assert_covers(
+        "msdocs_pagedmembers_response.json",
+        &page.body,
+        &["members[].objectId"],
+    );
+    let generated = &page.body["members"][1];
+    assert!(generated["aadObjectId"].is_string());
+    assert!(generated["id"].as_str().unwrap().starts_with("29:"));
+}
+
+#[tokio::test]
+async fn graph_answers_have_the_fields_of_documented_ones() {
+    let (emulator, _bot) = common::start_with_bot(config()).await;
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let user = herald_emulator::DirectoryUser::member(&tenant, "ann@contoso.com", "Ann Lee");
+    emulator.add_directory_user(&user);
+    let app = emulator.put_app_in_catalog(&tenant);
+    let token = common::graph_token(&emulator, &tenant).await;
+
+    let catalog = common::graph_get(
+        &emulator,
+        &format!(
+            "appCatalogs/teamsApps?$filter=externalId eq '{}'",
+            app.external_id
+        ),
+        &token,
+    )
+    .await;
+    assert_covers(
+        "msgraph_appcatalogs-list-teamsapps_filter-externalId_response.json",
+        &catalog.body,
+        &[],
+    );
+
+    // The install, as the docs write it (the app's id made this tenant's).
+    let documented = std::fs::read_to_string(format!(
+        "{}/fixtures/msgraph_userteamwork-post-installedapps_request_response.http.txt",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let (request, response) = documented.split_once("HTTP/1.1 ").unwrap();
+    let body: Value = serde_json::from_str(&request[request.find('{').unwrap()..]).unwrap();
+    let bind = body["teamsApp@odata.bind"].as_str().unwrap();
+    let bind = format!("{}/{}", bind.rsplit_once('/').unwrap().0, app.id);
+    let url = format!(
+        "{}/v1.0/users/{}/teamwork/installedApps",
+        emulator.graph_url(),
+        user.id
+    );
+    let installed = common::call(
+        reqwest::Method::POST,
+        &url,
+        Some(&token),
+        Some(&json!({ "teamsApp@odata.bind": bind })),
+    )
+    .await;
+    assert!(
+        response.starts_with(&installed.status.to_string()),
+        "{response}"
+    );
+    assert_eq!(installed.body, json!(""));
+
+    let listed = common::graph_get(
+        &emulator,
+        &format!(
+            "users/{}/teamwork/installedApps?$expand=teamsApp,teamsAppDefinition&$filter=teamsApp/externalId eq '{}'",
+            user.id, app.external_id
+        ),
+        &token,
+    )
+    .await;
+    assert_covers(
+        "msgraph_userteamwork-list-installedapps_filter-externalId_response.json",
+        &listed.body,
+        &[],
+    );
+    assert_eq!(
+        listed.body["value"][0]["teamsAppDefinition"]["azureADAppId"],
+        common::APP_ID
+    );
+
+    let installation = listed.body["value"][0]["id"].as_str().unwrap();
+    let chat = common::graph_get(
+        &emulator,
+        &format!(
+            "users/{}/teamwork/installedApps/{}/chat",
+            user.id,
+            common::encoded(installation)
+        ),
+        &token,
+    )
+    .await;
+    assert_covers(
+        "msgraph_userscopeteamsappinstallation-get-chat_response.json",
+        &chat.body,
+        &[],
+    );
+
+    let missing = common::graph_get(&emulator, "users/nobody@contoso.com", &token).await;
+    assert_covers("msgraph_error_response.json", &missing.body, &[]);
+}

@@ -69,6 +69,64 @@ async fn the_eighth_send_in_a_second_is_throttled() {
 }
 
 #[tokio::test]
+async fn a_raised_tenant_limit_admits_that_many_a_second_and_no_more() {
+    let (emulator, _bot) = start_with_bot(EmulatorConfig {
+        tenant_requests_per_second: 120,
+        ..config()
+    })
+    .await;
+    let token = bot_token(&emulator).await;
+
+    // 120 sends (more than Teams' 50) to chats of their own all pass; the 121st within the
+    // same second is refused. On a machine too busy to fit them in a second, try again with
+    // a fresh tenant rather than fail for the wrong reason.
+    let mut refused = None;
+    for _attempt in 0..3 {
+        let tenant = uuid::Uuid::new_v4().to_string();
+        let users = emulator.generate_tenant_users(&tenant, "staff", 121);
+        let service_url = emulator.service_url(&tenant);
+        let chats: Vec<String> = users
+            .users()
+            .map(|user| emulator.personal_conversation_id(&user))
+            .collect();
+        // One client for all of them: a client per send is too slow in a debug build.
+        let http = reqwest::Client::new();
+        let send = |chat: &str| {
+            http.post(format!("{service_url}v3/conversations/{chat}/activities"))
+                .bearer_auth(&token)
+                .json(&json!({"type": "message", "text": "hi"}))
+                .send()
+        };
+        let started = Instant::now();
+        let sends = chats[..120].iter().map(|chat| send(chat));
+        let statuses: Vec<u16> = futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|answer| answer.unwrap().status().as_u16())
+            .collect();
+        assert_eq!(statuses, vec![201; 120], "under the raised limit");
+        let last = send_text(&service_url, &chats[120], &token, "one more").await;
+        if started.elapsed() < Duration::from_millis(900) {
+            refused = Some((tenant, last));
+            break;
+        }
+    }
+    let (tenant, last) = refused.expect("121 sends within a second");
+    assert_eq!(last.status, 429);
+    assert_eq!(last.code(), Some("Throttled"));
+    assert_eq!(emulator.stats().tenants[&tenant].throttled, 1);
+
+    // The traffic report reads rates against the limit in force.
+    let traffic: Value = reqwest::get(format!("{}/_emulator/traffic", emulator.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(traffic["limitPerSecond"], 120);
+}
+
+#[tokio::test]
 async fn faults_apply_as_many_times_as_asked_then_go_away() {
     let (emulator, _bot) = start_with_bot(EmulatorConfig {
         rate_limits: false,

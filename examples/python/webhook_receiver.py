@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -28,6 +29,21 @@ def main() -> None:
     args = parser.parse_args()
     verifier = Webhook(os.environ["HERALD_WEBHOOK_SECRET"])
     failures_left = [args.fail_first]
+    # The server answers each delivery on its own thread: one lock keeps the printed lines whole
+    # (print writes the text and its newline apart) and the failure count exact.
+    lock = threading.Lock()
+
+    def say(line: dict) -> None:
+        with lock:
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+
+    def fail_this_one() -> bool:
+        with lock:
+            if failures_left[0] > 0:
+                failures_left[0] -= 1
+                return True
+            return False
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (the http.server name)
@@ -36,17 +52,16 @@ def main() -> None:
             try:
                 event = verifier.verify(body, headers)
             except WebhookVerificationError as error:
-                print(json.dumps({"rejected": str(error)}), flush=True)
+                say({"rejected": str(error)})
                 self.send_response(400)
                 self.end_headers()
                 return
-            if failures_left[0] > 0:
-                failures_left[0] -= 1
-                print(json.dumps({"failed": headers["webhook-id"]}), flush=True)
+            if fail_this_one():
+                say({"failed": headers["webhook-id"]})
                 self.send_response(500)
                 self.end_headers()
                 return
-            print(json.dumps({"webhookId": headers["webhook-id"], "event": event}), flush=True)
+            say({"webhookId": headers["webhook-id"], "event": event})
             self.send_response(204)
             self.end_headers()
 
@@ -54,7 +69,7 @@ def main() -> None:
             pass  # stdout carries only the events
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    print(json.dumps({"listening": args.port}), flush=True)
+    say({"listening": args.port})
     try:
         server.serve_forever()
     except KeyboardInterrupt:

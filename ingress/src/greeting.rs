@@ -6,12 +6,15 @@
 //! its install generation, so every one of those activities names the same two jobs; a job
 //! whose status record says it is already in the broker is not published again, and one whose
 //! publish failed earlier (the activity got a 503) is published by whichever activity comes next.
+//!
+//! An install Herald made itself, through Microsoft Graph, to reach someone who never installed
+//! the app gets no greeting: the notification it was made for is the user's first message.
 
 use std::time::Duration;
 
 use herald_shared::{
     job::{Job, JobError, JobId, Message, Target, UserTarget},
-    store::{ConversationRef, InstallState},
+    store::{ConversationRef, InstallState, ReachStore, StoreError},
 };
 use time::OffsetDateTime;
 
@@ -32,6 +35,8 @@ pub fn greeting_job_id(
 pub enum GreetingError {
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    #[error("could not read whether Herald made the install")]
+    Store(#[from] StoreError),
     #[error("the install has no user to greet (no tenant or aadObjectId)")]
     NoUser,
     /// The greeting would not be a valid job: an empty tenant or user id in the reference,
@@ -47,6 +52,8 @@ pub struct Greeter {
     pub welcome_text: String,
     pub reminder_text: String,
     pub reminder_delay: Duration,
+    /// Marks the installs Herald made.
+    pub reach: ReachStore,
 }
 
 impl Greeter {
@@ -62,6 +69,14 @@ impl Greeter {
         else {
             return Err(GreetingError::NoUser);
         };
+        if self
+            .reach
+            .is_quiet_install(tenant_id, aad_object_id)
+            .await?
+        {
+            tracing::info!("Herald installed the app for this user; no greeting");
+            return Ok(());
+        }
         let to = Target::User(UserTarget {
             tenant_id: tenant_id.clone(),
             aad_object_id: aad_object_id.clone(),

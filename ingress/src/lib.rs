@@ -25,12 +25,14 @@ use herald_shared::{
     BuildError,
     admin::{self, Readiness},
     amqp::{Broker, Publisher, Topology},
+    broadcast::Broadcaster,
     config::IngressConfig,
     events::Events,
     metrics::{Metrics, Service},
     schedule::Scheduler,
     store::{
-        ConversationStore, Redis, ScheduleStore, SentStore, StatusStore, TimerStore, UserStore,
+        BroadcastStore, ConversationStore, ReachStore, Redis, ScheduleStore, SentStore,
+        StatusStore, TimerStore, UserStore,
     },
     submit::Enqueuer,
     timers::DispatchQueue,
@@ -114,11 +116,13 @@ impl Ingress {
                 welcome_text: config.welcome_text.clone(),
                 reminder_text: config.reminder_text.clone(),
                 reminder_delay: config.reminder_delay,
+                reach: ReachStore::new(redis.clone()),
             },
             listener: Listener {
                 events: events.clone(),
                 sent: SentStore::new(redis.clone(), common.status_ttl),
                 statuses: StatusStore::new(redis.clone(), common.status_ttl),
+                broadcasts: BroadcastStore::new(redis.clone(), common.status_ttl),
             },
         });
         tracker.spawn({
@@ -126,6 +130,13 @@ impl Ingress {
             let stop = broker_stop.clone();
             async move { bot.authenticator.keep_fresh(stop).await }
         });
+        let metrics = Metrics::new(Service::Ingress);
+        let broadcasts = BroadcastStore::new(redis.clone(), common.status_ttl);
+        let broadcaster = Broadcaster {
+            store: broadcasts.clone(),
+            conversations: ConversationStore::new(redis.clone()),
+            queue: enqueuer.queue.clone(),
+        };
         let api = Arc::new(Api {
             namespace: common.namespace.to_string(),
             users: UserStore::new(redis.clone()),
@@ -141,8 +152,10 @@ impl Ingress {
             webhooks: WebhookStore::new(redis.clone()),
             webhook_guard: common.webhook_guard.clone(),
             api_keys: ApiKeys::parse(config.api_keys.expose_secret()),
+            broadcasts,
+            broadcaster,
+            metrics: metrics.clone(),
         });
-        let metrics = Metrics::new(Service::Ingress);
         let router = Router::new()
             .route("/api/messages", post(bot::receive_activity))
             .layer(DefaultBodyLimit::max(MAX_ACTIVITY_BODY))

@@ -1,5 +1,5 @@
 //! Microsoft cloud presets (`HERALD_CLOUD`): where tokens come from, which issuer signs inbound
-//! activities, and which hosts may receive the bot's token. Each URL can be overridden by its
+//! activities, which hosts may receive the bot's token, and where Microsoft Graph is. Each URL can be overridden by its
 //! own variable (the README's Configuration).
 
 use std::{fmt, str::FromStr};
@@ -29,6 +29,9 @@ pub struct CloudEndpoints {
     pub gcc_service_url: Option<&'static str>,
     /// Hosts of the Bot Connector in this cloud; the token is sent nowhere else.
     pub service_url_allowlist: &'static [&'static str],
+    /// Microsoft Graph's root in this cloud (Graph's national cloud deployments); calls go to
+    /// `{graph_url}/v1.0/…`, tokens are asked for `{graph_url}/.default`.
+    pub graph_url: &'static str,
 }
 
 impl Cloud {
@@ -48,6 +51,8 @@ impl Cloud {
                     "https://*.botframework.com",
                     "https://smba.infra.gcc.teams.microsoft.com",
                 ],
+                // GCC (moderate) tenants use the public Graph too.
+                graph_url: "https://graph.microsoft.com",
             },
             Cloud::UsGov | Cloud::UsGovDod => CloudEndpoints {
                 login_host: "https://login.microsoftonline.us",
@@ -62,6 +67,11 @@ impl Cloud {
                     "https://*.botframework.us",
                     "https://*.botframework.azure.us",
                 ],
+                // The one place GCC High and DoD differ: each has its own Graph.
+                graph_url: match self {
+                    Cloud::UsGovDod => "https://dod-graph.microsoft.us",
+                    _ => "https://graph.microsoft.us",
+                },
             },
             Cloud::China => CloudEndpoints {
                 login_host: "https://login.partner.microsoftonline.cn",
@@ -72,6 +82,7 @@ impl Cloud {
                 default_service_url: None,
                 gcc_service_url: None,
                 service_url_allowlist: &["https://*.botframework.azure.cn"],
+                graph_url: "https://microsoftgraph.chinacloudapi.cn",
             },
         }
     }

@@ -10,6 +10,7 @@
 mod id;
 mod on_action;
 pub mod openapi;
+mod target;
 mod timing;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,10 @@ use crate::calendar::{self, NoOpening, RecipientClock};
 pub use self::{
     id::{InvalidJobId, JobId},
     on_action::{ActionAnswer, Answer, DEFAULT_ANSWER, OnAction},
+    target::{
+        AnyUser, ChannelTarget, ConversationTarget, NamedUser, ONE_USER_NAME, Target, UserName,
+        UserTarget,
+    },
     timing::{SendWindow, Timing, ZoneChoice},
 };
 
@@ -65,77 +70,6 @@ pub struct Job {
     /// verb (`*`: any other verb); absent: `Thanks, noted.`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_action: Option<OnAction>,
-}
-
-/// Who receives the message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum Target {
-    /// The user's personal conversation with the bot.
-    User(UserTarget),
-    /// A conversation Herald may or may not have heard from.
-    Conversation(ConversationTarget),
-    /// A new post in a team channel.
-    Channel(ChannelTarget),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct UserTarget {
-    #[schema(min_length = 1)]
-    pub tenant_id: String,
-    /// The user's Entra object id.
-    #[schema(min_length = 1)]
-    pub aad_object_id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ConversationTarget {
-    #[schema(min_length = 1)]
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<String>,
-    /// The Bot Connector endpoint for the conversation; it must also be allowed by
-    /// `HERALD_SERVICE_URL_ALLOWLIST`, or the job ends `failed`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = openapi::optional_service_url)]
-    pub service_url: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ChannelTarget {
-    #[schema(min_length = 1)]
-    pub tenant_id: String,
-    #[schema(min_length = 1)]
-    pub team_id: String,
-    #[schema(min_length = 1)]
-    pub channel_id: String,
-}
-
-impl Target {
-    /// The thread this target's messages count against in Teams' per-thread limits, known
-    /// before any lookup: a user's personal chat is one thread per user.
-    pub fn thread(&self) -> String {
-        match self {
-            Target::User(u) => format!(
-                "user:{}:{}",
-                u.tenant_id,
-                u.aad_object_id.to_ascii_lowercase()
-            ),
-            Target::Conversation(c) => c.id.clone(),
-            Target::Channel(c) => c.channel_id.clone(),
-        }
-    }
-
-    pub fn tenant_id(&self) -> Option<&str> {
-        match self {
-            Target::User(u) => Some(&u.tenant_id),
-            Target::Conversation(c) => c.tenant_id.as_deref(),
-            Target::Channel(c) => Some(&c.tenant_id),
-        }
-    }
 }
 
 /// A Bot Framework message activity's content. It needs `text` or `attachments`; the activity
@@ -381,6 +315,16 @@ impl Job {
             }
             Target::User(u) if u.aad_object_id.is_empty() => {
                 return invalid("to.user.aadObjectId", "is empty");
+            }
+            Target::NamedUser(u) if u.tenant_id.is_empty() => {
+                return invalid("to.user.tenantId", "is empty");
+            }
+            Target::NamedUser(u) if u.name.as_str().is_empty() => {
+                let field = match u.name {
+                    UserName::PrincipalName(_) => "to.user.userPrincipalName",
+                    UserName::Email(_) => "to.user.email",
+                };
+                return invalid(field, "is empty");
             }
             Target::Conversation(c) if c.id.is_empty() => {
                 return invalid("to.conversation.id", "is empty");

@@ -17,6 +17,8 @@
 //!   idempotently: the ingress's requests and greetings, the dispatcher's schedule occurrences.
 //! - [`events`]: the CloudEvents Herald publishes to `{ns}.events` after the changes they
 //!   report, with a Redis outbox so a crash in between loses none.
+//! - [`broadcast`]: broadcasts (one message to a whole audience): the request, its
+//!   audience and each recipient's notification id.
 //! - [`schedule`]: recurring schedules: RRULEs expanded on the wall clock, one job per
 //!   occurrence.
 //! - [`timers`]: the way into the dispatch queue, now or when due: waits parked in Redis, and
@@ -32,6 +34,7 @@
 pub mod admin;
 pub mod allowlist;
 pub mod amqp;
+pub mod broadcast;
 pub mod calendar;
 pub mod cloud;
 pub mod config;

@@ -53,11 +53,24 @@ pub struct Metrics {
     /// Dispatcher: how long after its due time a timer was claimed for publishing.
     pub timer_lag: Histogram,
     pub token_refreshes: Counter,
+    /// Dispatcher: Microsoft Graph calls by call and outcome (`ok`, `not_found`, `conflict`,
+    /// `held` by the tenant's pace, `throttled`, `permission_missing`, …).
+    pub graph_requests: Family<Labels, Counter>,
+    /// Dispatcher: Graph tokens fetched from Entra, every tenant's.
+    pub graph_token_refreshes: Counter,
     /// Dispatcher: acknowledgement frames sent to RabbitMQ (`multiple`, `single`, `requeue`);
     /// deliveries per `multiple` frame is what batching saves the broker.
     pub ack_frames: Family<Labels, Counter>,
     /// Dispatcher: deliveries settled (acked or requeued).
     pub deliveries_settled: Counter,
+    /// Both: broadcasts reaching a status (`created`, `started`, `completed`, `expired`,
+    /// `cancelled`), counted by the service that made the change.
+    pub broadcasts: Family<Labels, Counter>,
+    /// Dispatcher: broadcast recipients whose notification ended, by outcome.
+    pub broadcast_recipients: Family<Labels, Counter>,
+    /// Dispatcher: how late a broadcast's fan-out step ran after it was due (a fan-out that
+    /// keeps up stays near zero).
+    pub broadcast_fanout_lag: Histogram,
     /// Ingress: requests by route and status, and their duration by route.
     pub http_requests: Family<Labels, Counter>,
     pub http_request_duration: Family<Labels, Histogram>,
@@ -83,8 +96,13 @@ impl Metrics {
             timers_waiting: Gauge::default(),
             timer_lag: histogram(),
             token_refreshes: Counter::default(),
+            graph_requests: Family::default(),
+            graph_token_refreshes: Counter::default(),
             ack_frames: Family::default(),
             deliveries_settled: Counter::default(),
+            broadcasts: Family::default(),
+            broadcast_recipients: Family::default(),
+            broadcast_fanout_lag: histogram(),
             http_requests: Family::default(),
             http_request_duration: Family::new_with_constructor(histogram),
         };
@@ -142,6 +160,16 @@ impl Metrics {
                     m.token_refreshes.clone(),
                 );
                 registry.register(
+                    "graph_requests",
+                    "Calls to Microsoft Graph by call and outcome",
+                    m.graph_requests.clone(),
+                );
+                registry.register(
+                    "graph_token_refreshes",
+                    "Graph tokens fetched from Entra, for every tenant",
+                    m.graph_token_refreshes.clone(),
+                );
+                registry.register(
                     "ack_frames",
                     "Acknowledgement frames sent to RabbitMQ, by kind",
                     m.ack_frames.clone(),
@@ -150,6 +178,22 @@ impl Metrics {
                     "deliveries_settled",
                     "Deliveries acked or handed back",
                     m.deliveries_settled.clone(),
+                );
+                registry.register(
+                    "broadcasts",
+                    "Broadcasts reaching a status",
+                    m.broadcasts.clone(),
+                );
+                registry.register(
+                    "broadcast_recipients",
+                    "Broadcast recipients whose notification ended, by outcome",
+                    m.broadcast_recipients.clone(),
+                );
+                registry.register_with_unit(
+                    "broadcast_fanout_lag",
+                    "Run minus due, for broadcasts' fan-out steps",
+                    Unit::Seconds,
+                    m.broadcast_fanout_lag.clone(),
                 );
             }
             Service::Ingress => {
@@ -165,6 +209,11 @@ impl Metrics {
                     Unit::Seconds,
                     m.http_request_duration.clone(),
                 );
+                registry.register(
+                    "broadcasts",
+                    "Broadcasts reaching a status",
+                    m.broadcasts.clone(),
+                );
             }
         }
         Self {
@@ -178,6 +227,13 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+
+    /// Counts a broadcast reaching `status`.
+    pub fn broadcast(&self, status: &str) {
+        self.broadcasts
+            .get_or_create(&vec![("status", status.to_owned())])
+            .inc();
     }
 
     /// Counts one handling of a job.

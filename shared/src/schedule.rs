@@ -10,10 +10,12 @@
 //! first instant. An `UNTIL` in the rule is read the same way (as a wall-clock time), and is
 //! inclusive, as RFC 5545 says.
 //!
-//! Each schedule has one timer (`schedule:{id}`) for its next occurrence; when it is due, the
-//! dispatcher queues the occurrence's job, then parks the timer for the occurrence after.
-//! Editing, pausing or resuming a schedule bumps its `generation`, so a timer parked for the
-//! schedule as it was is dropped when it comes due.
+//! A schedule has one timer per generation (`schedule:{id}:{generation}`) for its next
+//! occurrence; when it is due, the dispatcher queues the occurrence's job, then parks the timer
+//! for the occurrence after. Editing, pausing or resuming a schedule bumps its `generation` and
+//! parks the new generation's timer, so a timer parked for the schedule as it was is dropped
+//! when it comes due. One timer per generation, not per schedule: two edits at once each park
+//! their own, and whichever lands last cannot overwrite the newer one's.
 
 use std::{str::FromStr, time::Duration};
 
@@ -47,8 +49,14 @@ pub struct Tick {
 }
 
 impl Tick {
-    /// The timer's id: one per schedule, so parking the next occurrence replaces the last.
-    pub fn timer_id(schedule: &str) -> String {
+    /// The timer's id: one per schedule and generation, so parking the next occurrence
+    /// replaces the last of the same generation.
+    pub fn timer_id(schedule: &str, generation: u64) -> String {
+        format!("schedule:{schedule}:{generation}")
+    }
+
+    /// The id every generation's timer had in earlier versions: removed with the schedule.
+    pub fn legacy_timer_id(schedule: &str) -> String {
         format!("schedule:{schedule}")
     }
 }
@@ -282,7 +290,14 @@ impl Scheduler {
         schedule: &Schedule,
         after: OffsetDateTime,
     ) -> Result<Option<OffsetDateTime>, QueueError> {
-        let timer = Tick::timer_id(&schedule.id);
+        let timer = Tick::timer_id(&schedule.id, schedule.generation);
+        // The generation before's timer would be dropped when due; removing it saves the trip.
+        if let Some(before) = schedule.generation.checked_sub(1) {
+            self.queue
+                .timers()
+                .forget(&Tick::timer_id(&schedule.id, before))
+                .await?;
+        }
         let zone = self.recipient_zone(schedule).await?;
         let next = match schedule.paused {
             true => None,

@@ -9,6 +9,9 @@ Some rules are beyond what the OpenAPI document's schemas say, so it states them
   real date (no 30 February); a `window`'s `from` and `to` differ; each `onAction` verb is
   non-empty and answers with exactly one card or one non-blank text;
 - `PATCH /v1/users/{tenantId}/{aadObjectId}`: quiet hours' `from` and `to` differ;
+- `POST /v1/broadcasts`: the notification's rules for its message and times, and an audience's
+  rules: an inline list names 1 to 10,000 users (1 to 1,000 channels), and each id is 1 to 256
+  characters without `|` or control characters;
 - `POST /v1/webhooks`: each of `types` is `*`, an event type, or a family such as
   `herald.notification.*` that names at least one of Herald's event types;
 - `POST /v1/schedules`, `PATCH /v1/schedules/{id}`: a recurrence's `start` and `until` are real
@@ -29,6 +32,9 @@ from schemathesis.openapi.checks import RejectedPositiveData
 
 MAX_ACTIVITY_BYTES = 28_000
 
+# A list's upload in NDJSON is text on the wire, as CSV is.
+schemathesis.serializer.alias("application/x-ndjson", "text/plain")
+
 # Time between schemathesis building a request and the service reading it: an `expiresAt`
 # this close to now may be past by the time the service checks it.
 CLOCK_MARGIN = timedelta(seconds=30)
@@ -45,6 +51,12 @@ def filter_failure(context, failure, case, response):
         return True
     if case.operation.label == "POST /v1/notifications":
         return not breaks_a_prose_rule(case.body)
+    if case.operation.label == "POST /v1/broadcasts":
+        detail = problem_detail(response)
+        return not (
+            breaks_a_prose_rule(case.body)
+            or (detail.startswith("audience:") and breaks_an_audience_rule(case.body.get("audience")))
+        )
     if case.operation.label == "POST /v1/webhooks":
         return not problem_detail(response).startswith("types:")
     if case.operation.label == "PATCH /v1/users/{tenantId}/{aadObjectId}":
@@ -89,6 +101,41 @@ def breaks_a_recurrence_rule(recurrence):
         return True
     # An instant against a local time, or two instants: the order depends on the zone.
     return until is not None and None in moments
+
+
+MAX_INLINE_USERS = 10_000
+MAX_CHANNELS = 1_000
+
+
+def breaks_an_audience_rule(audience):
+    """Whether an audience breaks a rule stated in prose: an inline list of 1 to 10,000 users
+    (1 to 1,000 channels), and ids of 1 to 256 characters without `|` or control characters."""
+    if not isinstance(audience, dict):
+        return False
+    ids = []
+    users = audience.get("users")
+    if isinstance(users, list):
+        if not 1 <= len(users) <= MAX_INLINE_USERS:
+            return True
+        ids += [u.get(k) for u in users if isinstance(u, dict) for k in ("tenantId", "aadObjectId")]
+    channels = audience.get("channels")
+    if isinstance(channels, list):
+        if not 1 <= len(channels) <= MAX_CHANNELS:
+            return True
+        ids += [c.get(k) for c in channels if isinstance(c, dict) for k in ("tenantId", "teamId", "channelId")]
+    for kind, keys in (("tenant", ("tenantId",)), ("team", ("tenantId", "teamId"))):
+        named = audience.get(kind)
+        if isinstance(named, dict):
+            ids += [named.get(k) for k in keys]
+    return any(isinstance(i, str) and not is_recipient_id(i) for i in ids)
+
+
+def is_recipient_id(value):
+    return (
+        1 <= len(value) <= 256
+        and "|" not in value
+        and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
+    )
 
 
 def same_from_and_to(hours):

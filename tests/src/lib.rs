@@ -78,6 +78,18 @@ impl Default for StackOptions {
 }
 
 impl StackOptions {
+    /// A stack that sends as fast as it can: no rate limits in "Teams" or in Herald, and
+    /// install reminders out of the way.
+    pub fn unlimited() -> Self {
+        Self {
+            rate_limits: false,
+            reminder_delay: Duration::from_secs(3600),
+            ..Default::default()
+        }
+        .with_env("HERALD_TENANT_RATE", "off")
+        .with_env("HERALD_CONVERSATION_RATES", "off")
+    }
+
     pub fn with_env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
         self
@@ -439,6 +451,13 @@ pub fn service_env(namespace: &str, emulator: &Emulator) -> Env {
         ("HERALD_TOKEN_URL", emulator.token_url()),
         ("HERALD_OPENID_METADATA_URL", emulator.openid_metadata_url()),
         ("HERALD_DEFAULT_SERVICE_URL", emulator.default_service_url()),
+        // The emulator's Graph stand-in; its origin is the Graph allowlist.
+        ("HERALD_GRAPH_URL", emulator.graph_url()),
+        (
+            "HERALD_GRAPH_TOKEN_URL",
+            emulator.tenant_token_url("{tenantId}"),
+        ),
+        ("HERALD_TEAMS_APP_ID", emulator.teams_app_id()),
         (
             "HERALD_SERVICE_URL_ALLOWLIST",
             "http://127.0.0.1:*".to_owned(),
@@ -785,6 +804,29 @@ pub async fn publish_to(
     messages: &[(String, Vec<u8>)],
     kind: Option<&str>,
 ) -> anyhow::Result<()> {
+    publish_routed(node_url, namespace, "notification", messages, kind).await
+}
+
+/// A broadcast as another service publishes it: routing key `broadcast`, type `broadcast.v1`.
+pub async fn publish_broadcast(namespace: &str, id: &str, body: &[u8]) -> anyhow::Result<()> {
+    let messages = [(id.to_owned(), body.to_vec())];
+    publish_routed(
+        &amqp_url(),
+        namespace,
+        "broadcast",
+        &messages,
+        Some("broadcast.v1"),
+    )
+    .await
+}
+
+async fn publish_routed(
+    node_url: &str,
+    namespace: &str,
+    routing_key: &str,
+    messages: &[(String, Vec<u8>)],
+    kind: Option<&str>,
+) -> anyhow::Result<()> {
     let topology = Topology::new(namespace.parse::<Namespace>().map_err(anyhow::Error::msg)?);
     let connection =
         lapin::Connection::connect(node_url, lapin::ConnectionProperties::default()).await?;
@@ -804,7 +846,7 @@ pub async fn publish_to(
         let confirm = channel
             .basic_publish(
                 topology.jobs_exchange().as_str().into(),
-                "notification".into(),
+                routing_key.into(),
                 lapin::options::BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()

@@ -62,6 +62,19 @@ impl Replica {
         self.process.kill().await.expect("the replica is killed");
     }
 
+    /// Asks the process to stop (SIGTERM), as an orchestrator does, and waits until it has
+    /// exited (its shutdown grace is the service's own).
+    pub async fn terminate(&mut self) {
+        if let Some(pid) = self.process.id() {
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(sent.success(), "SIGTERM is delivered");
+        }
+        self.process.wait().await.expect("the replica exits");
+    }
+
     /// The last `lines` lines of the replica's log, for a failing test's message.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use herald_emulator::TeamsUser;
 use herald_shared::job::{
-    ChannelTarget, ConversationTarget, Job, Message, Target, TextFormat, UserTarget,
+    ChannelTarget, ConversationTarget, Job, Message, NamedUser, Target, TextFormat, UserName,
+    UserTarget,
 };
 use herald_tests::{StackOptions, TestStack, python, repository};
 use serde_json::{Value, json};
@@ -72,6 +73,14 @@ fn jobs_herald_writes_are_schema_valid() {
         Target::User(UserTarget {
             tenant_id: "t".into(),
             aad_object_id: "u".into(),
+        }),
+        Target::NamedUser(NamedUser {
+            tenant_id: "t".into(),
+            name: UserName::PrincipalName("ann@contoso.com".into()),
+        }),
+        Target::NamedUser(NamedUser {
+            tenant_id: "t".into(),
+            name: UserName::Email("ann@mail.contoso.com".into()),
         }),
         Target::Conversation(ConversationTarget {
             id: "a:1".into(),
@@ -140,6 +149,12 @@ fn valid_bodies() -> Vec<Value> {
         json!({"id": "a", "to": user, "message": {"text": "x", "textFormat": null, "summary": null},
                "deliverAt": null, "expiresAt": null}),
         json!({"id": "a", "to": {"user": {"tenantId": "t", "aadObjectId": "u", "upn": "ignored"}},
+               "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"tenantId": "t", "userPrincipalName": "ann@contoso.com"}},
+               "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"tenantId": "t", "email": "ann@mail.contoso.com"}},
+               "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"tenantId": "t", "aadObjectId": null, "email": "ann@mail.contoso.com"}},
                "message": {"text": "x"}}),
         json!({"id": "a", "to": {"conversation": {"id": "c", "tenantId": null, "serviceUrl": null}},
                "message": {"text": "x"}}),
@@ -211,6 +226,10 @@ fn invalid_bodies() -> Vec<Value> {
         json!({"id": "a", "to": {"pigeon": {}}, "message": {"text": "x"}}),
         json!({"id": "a", "to": {"user": {"aadObjectId": "u"}}, "message": {"text": "x"}}),
         json!({"id": "a", "to": {"user": {"tenantId": "", "aadObjectId": "u"}}, "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"tenantId": "t"}}, "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"tenantId": "t", "aadObjectId": null}}, "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"tenantId": "t", "aadObjectId": "u", "email": "a@b.c"}}, "message": {"text": "x"}}),
+        json!({"id": "a", "to": {"user": {"tenantId": "t", "userPrincipalName": ""}}, "message": {"text": "x"}}),
         json!({"id": "a", "to": {"user": {"tenantId": "t", "aadObjectId": "u"}, "channel": {}}, "message": {"text": "x"}}),
         json!({"id": "a", "to": user, "message": {}}),
         json!({"id": "a", "to": user, "message": {"text": ""}}),

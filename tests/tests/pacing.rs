@@ -5,8 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use herald_dispatcher::pace::{Admission, Class, Pacer};
 use herald_emulator::{Fault, Operation, TeamsUser};
-use herald_shared::job::Job;
+use herald_shared::{
+    config::{Namespace, RedisTarget},
+    job::{ConversationTarget, Job, Target},
+    store::Redis,
+};
 use herald_tests::{StackOptions, TestStack, busiest, job_for, publish_jobs, wait_until};
 use time::OffsetDateTime;
 
@@ -18,12 +23,24 @@ fn quiet_stack(options: StackOptions) -> StackOptions {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_burst_to_one_conversation_stays_within_teams_limits() {
+async fn a_burst_to_one_conversation_stays_within_teams_limits_however_it_is_named() {
     let stack = TestStack::start_with(quiet_stack(StackOptions::default())).await;
     let user = TeamsUser::random();
     let conversation = stack.install(&user).await;
+    // Every other job names the chat by its conversation id instead of the user: one chat,
+    // one pacing scope (two scopes would let 14 a second through).
     let jobs: Vec<Job> = (0..30)
-        .map(|i| job_for(&user, &format!("burst {i}")))
+        .map(|i| {
+            let mut job = job_for(&user, &format!("burst {i}"));
+            if i % 2 == 1 {
+                job.to = Target::Conversation(ConversationTarget {
+                    id: conversation.clone(),
+                    tenant_id: Some(user.tenant_id.clone()),
+                    service_url: None,
+                });
+            }
+            job
+        })
         .collect();
     let started = Instant::now();
     publish_jobs(&stack.namespace, &jobs.iter().collect::<Vec<_>>()).await;
@@ -199,23 +216,24 @@ async fn a_tenant_with_a_big_backlog_does_not_hold_up_another_tenant() {
     stack.stop().await;
 }
 
+/// A pacer on Redis in a namespace of its own (gone with the guard), pacing tenants at
+/// `tenant_rate` and conversations not at all.
+fn pacer_with_tenant_rate(tenant_rate: &str) -> (Pacer, herald_tests::NamespaceGuard) {
+    let namespace = herald_tests::fresh_namespace();
+    let guard = herald_tests::NamespaceGuard::new(&namespace);
+    let target: RedisTarget = herald_tests::redis_url().parse().unwrap();
+    let redis = Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap();
+    let pacer = Pacer::new(redis, "off".parse().unwrap(), tenant_rate.parse().unwrap());
+    (pacer, guard)
+}
+
 /// The pacer's queue, told against Redis directly: a send whose turn has come goes before one
 /// that just arrived, even when the arrival finds room in the window; and a send is counted
 /// from when its call ended, so a slow call pushes the window out.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_turn_once_given_is_kept_and_a_send_counts_from_its_end() {
-    use herald_dispatcher::pace::{Admission, Pacer};
-    use herald_shared::{
-        config::{Namespace, RateLimits, RedisTarget},
-        store::Redis,
-    };
-    let namespace = herald_tests::fresh_namespace();
-    let _guard = herald_tests::NamespaceGuard::new(&namespace);
-    let target: RedisTarget = herald_tests::redis_url().parse().unwrap();
-    let redis = Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap();
-    let one_per_second: RateLimits = "1/1s".parse().unwrap();
-    let pacer = Pacer::new(redis, "off".parse().unwrap(), one_per_second);
-    let admit = |turn| pacer.admit(Some("tenant"), "a:1", turn);
+    let (pacer, _guard) = pacer_with_tenant_rate("1/1s");
+    let admit = |turn| pacer.admit(Some("tenant"), "a:1", turn, Class::Priority, 1);
 
     let Admission::Now(first) = admit(None).await.unwrap() else {
         panic!("an empty window admits");
@@ -236,7 +254,7 @@ async fn a_turn_once_given_is_kept_and_a_send_counts_from_its_end() {
     // The first send's call ends 300 ms after it was admitted: it counts from then, so at its
     // turn the holder still finds the window full, and keeps its place.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    pacer.sent(&first).await.unwrap();
+    pacer.sent(&first, true).await.unwrap();
     tokio::time::sleep(wait - Duration::from_millis(300)).await;
     let Admission::Wait { turn: kept, .. } = admit(Some(turn)).await.unwrap() else {
         panic!("the first send counts from the end of its call, 300 ms after its admission");
@@ -251,5 +269,53 @@ async fn a_turn_once_given_is_kept_and_a_send_counts_from_its_end() {
     assert!(
         matches!(admit(Some(turn)).await.unwrap(), Admission::Now(_)),
         "the holder of the turn was refused"
+    );
+}
+
+/// A broadcast's backlog gets turns at the tenant's rate however high it is: the queue's
+/// spacing is fractional. Once the window that set the spacing has room again, newcomers still
+/// queue behind the turns handed out, at the remembered spacing; a spacing rounded up to a
+/// whole millisecond held every tenant to 1,000 turns a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_backlog_gets_turns_at_a_rate_above_one_a_millisecond() {
+    // 5,000 requests a second, in a half-second window (room for a slow machine); each send
+    // creates its chat, so is two requests: a turn every 2 × 510 ms / 2,500 = 0.408 ms (the
+    // window with the pacer's 10 ms margin).
+    let (pacer, _guard) = pacer_with_tenant_rate("2500/500ms");
+    let admit = |i: usize| {
+        let pacer = pacer.clone();
+        async move {
+            pacer
+                .admit(Some("tenant"), &format!("a:{i}"), None, Class::Bulk, 2)
+                .await
+                .unwrap()
+        }
+    };
+    // Fill the window at once, then queue a backlog behind it.
+    let filled = futures_util::future::join_all((0..1_250).map(admit)).await;
+    assert!(filled.iter().all(|a| matches!(a, Admission::Now(_))));
+    let turns_of = |admissions: Vec<Admission>| -> Vec<u64> {
+        admissions
+            .into_iter()
+            .map(|a| match a {
+                Admission::Wait { turn, .. } => turn,
+                Admission::Now(_) => panic!("turns are handed out: a newcomer queues"),
+            })
+            .collect()
+    };
+    // 3,000 turns of 0.408 ms: the backlog reaches 1.2 s past the window's end.
+    let backlog = turns_of(futures_util::future::join_all((1_250..4_250).map(admit)).await);
+    let last_turn = *backlog.iter().max().unwrap();
+    // The window empties (nobody comes back for their turn here) while the backlog's turns
+    // are still ahead: newcomers queue behind them at the spacing the window set.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let turns = turns_of(futures_util::future::join_all((4_250..4_550).map(admit)).await);
+    let (first, last) = (*turns.iter().min().unwrap(), *turns.iter().max().unwrap());
+    assert!(first >= last_turn, "newcomers queue behind the backlog");
+    let span = last - first;
+    // 299 spacings of 0.408 ms: 122 ms; at a whole millisecond each, 299.
+    assert!(
+        (100..=200).contains(&span),
+        "300 turns spread over {span} ms, expected about 122 (2,450 a second)"
     );
 }

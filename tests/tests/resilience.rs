@@ -313,13 +313,9 @@ async fn waiting_jobs_survive_sigkill_of_every_dispatcher_and_a_redis_crash_and_
     let stack = TestStack::start_with(
         StackOptions {
             start_dispatcher: false,
-            rate_limits: false,
-            reminder_delay: Duration::from_secs(3600),
-            ..Default::default()
+            ..StackOptions::unlimited()
         }
-        .with_env("HERALD_REDIS_URL", &redis_url)
-        .with_env("HERALD_TENANT_RATE", "off")
-        .with_env("HERALD_CONVERSATION_RATES", "off"),
+        .with_env("HERALD_REDIS_URL", &redis_url),
     )
     .await;
     let users: Vec<TeamsUser> = (0..USERS).map(|_| TeamsUser::random()).collect();

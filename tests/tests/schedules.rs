@@ -294,3 +294,66 @@ async fn a_schedule_request_is_checked_and_answered_once_per_id() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_edits_at_once_keep_the_newest_generations_timer_whichever_parks_last() {
+    use herald_shared::{
+        amqp::Publisher,
+        config::{Namespace, RedisTarget},
+        schedule::{Scheduler, Tick},
+        store::{Redis, ScheduleStore, TimerStore, UserStore},
+        timers::DispatchQueue,
+    };
+    let stack = TestStack::start().await;
+    let user = TeamsUser::random();
+    let body = json!({"id": "daily", "to": to_user(&user), "message": {"text": "stand-up"},
+        "recurrence": {"rrule": "FREQ=DAILY;BYHOUR=9;BYMINUTE=0;BYSECOND=0", "timeZone": "UTC",
+                       "start": "2030-01-01T00:00"}});
+    let (status, _) = call(&stack, reqwest::Method::POST, "/schedules", Some(body)).await;
+    assert_eq!(status, 201);
+    for text in ["stand-up (room 2)", "stand-up (room 3)"] {
+        let change = json!({"message": {"text": text}});
+        let (status, _) = call(
+            &stack,
+            reqwest::Method::PATCH,
+            "/schedules/daily",
+            Some(change),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // The first edit's park lands after the second's (as two requests at once can have it).
+    let target: RedisTarget = herald_tests::redis_url().parse().unwrap();
+    let redis = Redis::new(&target, stack.namespace.parse::<Namespace>().unwrap()).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let broker =
+        herald_tests::broker_link(&herald_tests::amqp_url(), &stack.namespace, &stop).await;
+    let timers = TimerStore::new(redis.clone());
+    let scheduler = Scheduler {
+        store: ScheduleStore::new(redis.clone()),
+        queue: DispatchQueue::new(Publisher::new(broker), timers.clone()),
+        users: UserStore::new(redis),
+        default_time_zone: herald_shared::calendar::Zone::UTC,
+    };
+    let latest = scheduler.store.get("daily").await.unwrap().unwrap();
+    assert_eq!(latest.generation, 3);
+    let stale = herald_shared::schedule::Schedule {
+        generation: 2,
+        ..latest.clone()
+    };
+    scheduler
+        .park_next(&stale, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    // The newest generation's timer is still there: the schedule goes on. (The stale one is
+    // dropped when it comes due.)
+    assert!(
+        timers
+            .due_ms(&Tick::timer_id("daily", 3))
+            .await
+            .unwrap()
+            .is_some(),
+        "the latest edit's timer survives a stale park"
+    );
+    stop.cancel();
+}

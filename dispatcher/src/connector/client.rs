@@ -3,15 +3,15 @@
 use std::{sync::Arc, time::Duration};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::{StatusCode, header};
-use secrecy::ExposeSecret;
+use reqwest::StatusCode;
 use serde::Deserialize;
 use url::Url;
 
 use super::{
-    error::{ConnectorError, parse_error_body, parse_retry_after},
+    error::{ConnectorError, parse_error_body},
     token::TokenSource,
 };
+use crate::bearer;
 use herald_shared::{allowlist::ServiceUrlAllowlist, error::Chain};
 
 /// Conversation ids carry `:`, `@` and `;`; everything but unreserved characters is encoded
@@ -42,6 +42,28 @@ pub struct CreatedConversation {
     /// The first message's id, when the conversation was created with one (a channel thread).
     #[serde(default)]
     pub activity_id: Option<String>,
+}
+
+/// One page of a team's roster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RosterPage {
+    /// Absent (or empty) on the last page.
+    #[serde(default)]
+    pub continuation_token: Option<String>,
+    #[serde(default)]
+    pub members: Vec<RosterMember>,
+}
+
+/// A member as the roster names them; anonymous members have no object id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RosterMember {
+    /// The roster id (`29:…`), by which a 1:1 chat is created.
+    pub id: String,
+    /// Teams' docs say `objectId` in one sample; both are read.
+    #[serde(default, alias = "objectId")]
+    pub aad_object_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +106,13 @@ impl BotConnector {
     ) -> Result<SentActivity, ConnectorError> {
         let path = ["v3", "conversations", conversation_id, "activities"];
         let body = self
-            .call(reqwest::Method::POST, service_url, &path, Some(activity))
+            .call(
+                reqwest::Method::POST,
+                service_url,
+                &path,
+                &[],
+                Some(activity),
+            )
             .await?;
         let parsed: ResourceResponse =
             serde_json::from_str(&body).unwrap_or(ResourceResponse { id: None });
@@ -135,12 +163,39 @@ impl BotConnector {
     ) -> Result<CreatedConversation, ConnectorError> {
         let path = ["v3", "conversations"];
         let text = self
-            .call(reqwest::Method::POST, service_url, &path, Some(body))
+            .call(reqwest::Method::POST, service_url, &path, &[], Some(body))
             .await?;
         serde_json::from_str(&text).map_err(|e| ConnectorError::Teams {
             status: 200,
             code: None,
             message: format!("the created conversation has no id: {}", Chain(&e)),
+            retry_after: None,
+        })
+    }
+
+    /// One page of a team's roster: `GET {serviceUrl}/v3/conversations/{teamId}/pagedmembers`,
+    /// from `continuation` (the previous page's token; none for the first). Teams takes 50 to
+    /// 500 members a page.
+    pub async fn roster_page(
+        &self,
+        service_url: &str,
+        team_id: &str,
+        continuation: Option<&str>,
+        page_size: u32,
+    ) -> Result<RosterPage, ConnectorError> {
+        let path = ["v3", "conversations", team_id, "pagedmembers"];
+        let size = page_size.clamp(50, 500).to_string();
+        let mut query = vec![("pageSize", size.as_str())];
+        if let Some(token) = continuation {
+            query.push(("continuationToken", token));
+        }
+        let text = self
+            .call(reqwest::Method::GET, service_url, &path, &query, None)
+            .await?;
+        serde_json::from_str(&text).map_err(|e| ConnectorError::Teams {
+            status: 200,
+            code: None,
+            message: format!("the roster page does not read: {}", Chain(&e)),
             retry_after: None,
         })
     }
@@ -156,8 +211,14 @@ impl BotConnector {
         let path = activity_path(conversation_id, activity_id);
         let mut activity = activity.clone();
         activity["id"] = activity_id.into();
-        self.call(reqwest::Method::PUT, service_url, &path, Some(&activity))
-            .await?;
+        self.call(
+            reqwest::Method::PUT,
+            service_url,
+            &path,
+            &[],
+            Some(&activity),
+        )
+        .await?;
         Ok(())
     }
 
@@ -169,19 +230,21 @@ impl BotConnector {
         activity_id: &str,
     ) -> Result<(), ConnectorError> {
         let path = activity_path(conversation_id, activity_id);
-        self.call(reqwest::Method::DELETE, service_url, &path, None)
+        self.call(reqwest::Method::DELETE, service_url, &path, &[], None)
             .await?;
         Ok(())
     }
 
-    /// Makes one authenticated call to `path` (segments, encoded here) below `service_url`.
-    /// The allowlist is checked before a token is even fetched, on the very URL the request
-    /// then goes to: it is parsed once, and only its path is extended.
+    /// Makes one authenticated call to `path` (segments, encoded here) below `service_url`,
+    /// with `query` (encoded here). The allowlist is checked before a token is even fetched,
+    /// on the very URL the request then goes to: it is parsed once, and only its path and
+    /// query are set.
     async fn call(
         &self,
         method: reqwest::Method,
         service_url: &str,
         path: &[&str],
+        query: &[(&str, &str)],
         body: Option<&serde_json::Value>,
     ) -> Result<String, ConnectorError> {
         let not_allowed = || ConnectorError::ServiceUrlNotAllowed(service_url.to_owned());
@@ -191,27 +254,15 @@ impl BotConnector {
         }
         url.set_path(&endpoint_path(url.path(), path));
         url.set_query(None);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         url.set_fragment(None);
         let token = self.tokens.token().await?;
-        let mut request = self.http.request(method, url).timeout(self.timeout).header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", token.expose_secret()),
-        );
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        // The call continues the trace of the job it is made for.
-        let mut trace_headers = header::HeaderMap::new();
-        herald_shared::telemetry::inject_http(&mut trace_headers);
-        request = request.headers(trace_headers);
-        let response = request.send().await.map_err(ConnectorError::Transport)?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let text = response.text().await.map_err(ConnectorError::Transport)?;
+        let answer = bearer::call(&self.http, method, url, &token, self.timeout, body)
+            .await
+            .map_err(ConnectorError::Transport)?;
+        let (status, retry_after, text) = (answer.status, answer.retry_after, answer.body);
         if status.is_success() {
             return Ok(text);
         }

@@ -28,13 +28,19 @@ impl ConnectorError {
     pub fn reason(&self) -> String {
         herald_shared::error::Chain(self).to_string()
     }
+
+    /// Whether Teams answered the call: only then did the request arrive before the call
+    /// ended. A call that timed out or lost its connection may still arrive later.
+    pub fn was_answered(&self) -> bool {
+        matches!(self, Self::Teams { .. })
+    }
 }
 
 /// Reads Teams' error body: `{"error":{"code","message"}}`, or the blocked-thread shape
 /// `{"errorCode":209,"message":"{…\"subCode\":\"MessageWritesBlocked\"…}"}`.
 pub(crate) fn parse_error_body(body: &str) -> (Option<String>, String) {
     let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
-        return (None, super::token::truncate(body, 300));
+        return (None, crate::entra::truncate(body, 300));
     };
     if let Some(error) = json.get("error") {
         let code = error

@@ -2,7 +2,7 @@
 //! a DELETE of what is gone already), so a redelivered change is simply done again; they
 //! count against Teams' limits like sends, and fail like sends ([`super::failure`]).
 
-use herald_shared::{events::NotificationChanged, store::JobStatus};
+use herald_shared::{events::NotificationChanged, job::Target, store::JobStatus};
 use time::OffsetDateTime;
 
 use super::{
@@ -10,6 +10,7 @@ use super::{
     failure::{self, Call, Failed, Verdict},
     requeue::Again,
 };
+use crate::connector::ConnectorError;
 
 impl Handler {
     pub(super) async fn change(
@@ -42,11 +43,18 @@ impl Handler {
             );
             return self.note_change(id, Some(&reason)).await;
         };
-        // Edits and deletions count against Teams' limits like sends.
-        let thread = record.to.thread();
+        // Edits and deletions count against Teams' limits like sends, in the conversation
+        // the message went to; a broadcast's are bulk work, like its sends.
         let tenant = record.to.tenant_id();
+        // A chat's edits in the conversation the message went to (a user's chat, whatever
+        // form the target took); a channel post's in its channel, as its send was.
+        let thread = match &record.to {
+            Target::Channel(_) => record.to.thread(),
+            _ => conversation_id.clone(),
+        };
+        let class = incoming.class();
         let paced = match self
-            .pace(tenant, &thread, incoming.bookkeeping.pace_turn)
+            .pace(tenant, &thread, incoming.bookkeeping.pace_turn, class, 1)
             .await?
         {
             Paced::Go(paced) => paced,
@@ -72,7 +80,10 @@ impl Handler {
                 (Call::Delete, self.timed("delete", delete).await)
             }
         };
-        self.note_sent(&paced).await;
+        let answered = result
+            .as_ref()
+            .map_or_else(ConnectorError::was_answered, |()| true);
+        self.note_sent(&paced, answered).await;
         let error = match result {
             Ok(()) if call == Call::Delete => return self.retracted(id).await,
             Ok(()) => {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use herald_shared::config::RetrySchedule;
 use rand::Rng;
 
-use crate::connector::ConnectorError;
+use crate::{connector::ConnectorError, graph::GraphError};
 
 /// How failures are retried (`HERALD_RETRY_SCHEDULE`, `HERALD_MAX_ATTEMPTS`) and where a GCC
 /// tenant goes.
@@ -107,6 +107,16 @@ const GONE_403_CODES: &[&str] = &[
     "MessageWritesBlocked",
 ];
 
+/// Whether Teams refused a call because the app is not installed there (or removed, or
+/// blocked): for a 1:1 chat Herald asked to open, the user never installed the app.
+pub fn means_not_installed(error: &ConnectorError) -> bool {
+    matches!(
+        error,
+        ConnectorError::Teams { status: 403, code: Some(code), .. }
+            if GONE_403_CODES.contains(&code.as_str())
+    )
+}
+
 /// How long a tenant is paused on a 429 that says nothing of `Retry-After`.
 const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -163,6 +173,46 @@ pub fn decide(failed: &Failed<'_>, policy: &Policy, jitter: f64) -> Decision {
     } else {
         Verdict::Retry {
             wait: backoff(&policy.retry_schedule, failed.attempts, retry_after, jitter),
+        }
+    };
+    decision
+}
+
+/// Decides what to do about a Microsoft Graph call that failed while reaching a user: a
+/// throttled or unavailable Graph is retried like Teams (never sooner than its
+/// `Retry-After`); the rest fails. (The Graph client itself holds the tenant's later Graph
+/// calls for a 429's `Retry-After`.) A call the tenant's Graph pace held back is not a
+/// failure: it comes back at its turn whatever the attempts.
+pub fn decide_graph(error: &GraphError, attempts: u32, policy: &Policy, jitter: f64) -> Decision {
+    let mut decision = Decision {
+        pause_tenant: None,
+        move_to_host: None,
+        conversation_gone: false,
+        reason: error.reason(),
+        verdict: Verdict::Fail,
+    };
+    // Graph's pace held the call back: it never went, so it is no attempt; back at the turn.
+    if let GraphError::Held { wait } = error {
+        decision.verdict = Verdict::Retry { wait: *wait };
+        return decision;
+    }
+    if !error.is_transient() {
+        return decision;
+    }
+    decision.verdict = if attempts >= policy.max_attempts {
+        decision.reason = format!(
+            "gave up after {attempts} attempts; the last: {}",
+            decision.reason
+        );
+        Verdict::GiveUp
+    } else {
+        Verdict::Retry {
+            wait: backoff(
+                &policy.retry_schedule,
+                attempts,
+                error.retry_after(),
+                jitter,
+            ),
         }
     };
     decision
@@ -517,5 +567,79 @@ mod tests {
             first_send(&overloaded).verdict,
             Verdict::Retry { .. }
         ));
+    }
+
+    #[test]
+    fn graph_throttled_or_unavailable_is_retried_no_sooner_than_it_asked_and_the_rest_fails() {
+        let throttled = GraphError::Throttled {
+            retry_after: Duration::from_secs(10),
+        };
+        let decision = decide_graph(&throttled, 1, &policy(), 1.0);
+        assert_eq!(
+            decision.verdict,
+            Verdict::Retry {
+                wait: Duration::from_secs(10)
+            },
+            "Graph's 10 s, not the schedule's 4 s"
+        );
+        assert_eq!(decision.pause_tenant, None, "Teams' pace is not Graph's");
+        let unavailable = GraphError::Unavailable {
+            status: 503,
+            code: None,
+            message: "busy".into(),
+            retry_after: None,
+        };
+        assert_eq!(
+            decide_graph(&unavailable, 1, &policy(), 1.0).verdict,
+            Verdict::Retry {
+                wait: Duration::from_secs(4)
+            }
+        );
+        let last = decide_graph(&unavailable, 3, &policy(), 1.0);
+        assert_eq!(last.verdict, Verdict::GiveUp);
+        assert!(
+            last.reason.starts_with("gave up after 3 attempts"),
+            "{}",
+            last.reason
+        );
+
+        // Held back by the tenant's pace: back at the turn, whatever the attempts.
+        let held = GraphError::Held {
+            wait: Duration::from_millis(1700),
+        };
+        assert_eq!(
+            decide_graph(&held, 3, &policy(), 1.0).verdict,
+            Verdict::Retry {
+                wait: Duration::from_millis(1700)
+            }
+        );
+
+        let missing = GraphError::PermissionMissing {
+            permission: "User.Read.All".into(),
+            message: "Insufficient privileges".into(),
+        };
+        let decision = decide_graph(&missing, 1, &policy(), 1.0);
+        assert_eq!(decision.verdict, Verdict::Fail);
+        assert!(
+            decision.reason.contains("User.Read.All"),
+            "{}",
+            decision.reason
+        );
+    }
+
+    #[test]
+    fn only_a_refusal_for_want_of_the_app_means_it_is_not_installed() {
+        assert!(means_not_installed(&teams(
+            403,
+            "BotNotInConversationRoster",
+            None
+        )));
+        assert!(!means_not_installed(&teams(403, "InvalidBotApiHost", None)));
+        assert!(!means_not_installed(&teams(429, "Throttled", None)));
+        assert!(!means_not_installed(&teams(
+            404,
+            "ConversationNotFound",
+            None
+        )));
     }
 }

@@ -5,23 +5,27 @@
 use std::time::Duration;
 
 use herald_shared::{
+    broadcast::BroadcastStatus,
     calendar::RecipientClock,
     events::{CloudEvent, EventType, NotificationChanged},
-    job::{Job, Target},
-    store::{BeginSend, JobStatus, Outcome, Remember, SentMessage, StatusRecord, StoreError},
+    job::{Change, ChangeKind, Job, JobId, Target},
+    store::{
+        BeginSend, Ended, JobStatus, Outcome, Remember, SentMessage, StatusRecord, StoreError,
+    },
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Handler, Incoming, Interrupted, Paced,
+    BroadcastTag, Handler, Incoming, Interrupted, Paced,
     failure::{self, Call, Failed, Verdict},
     requeue::Again,
 };
 use crate::{
     connector::ConnectorError,
+    graph::GraphError,
     pace::PacedSend,
-    resolve::{Destination, ResolveError, Unreachable},
+    resolve::{Destination, Lookup, ResolveError, Unreachable},
 };
 
 /// A job due within this long is waited for here instead of being parked again: a short wait
@@ -44,9 +48,12 @@ impl Handler {
         // When the recipient's clock lets it go: its due time (`deliverAt`, or
         // `deliverAtLocal` in its zone), its window, the recipient's quiet hours. Read afresh
         // at every arrival, so a zone or quiet hours changed while it waited still count.
-        let clock = self
-            .until_done("read the recipient's clock", || self.recipient_clock(job))
-            .await?;
+        // The target's lookup only reads, so it runs beside the clock's: one round trip.
+        let (clock, lookup) = tokio::join!(
+            self.until_done("read the recipient's clock", || self.recipient_clock(job)),
+            self.until_done("look up the target", || self.resolver.look_up(&job.to)),
+        );
+        let (clock, lookup) = (clock?, lookup?);
         let now = OffsetDateTime::now_utc();
         let opening = job.send_time(now, &clock);
         // Early (before its opening, or a retry's backoff or a pacing turn, in a header)?
@@ -56,7 +63,8 @@ impl Handler {
             let wait = Duration::try_from(due - now).unwrap_or_default();
             if wait > WAIT_HERE_AT_MOST {
                 if due > not_before {
-                    self.record_hold(job, due, now).await?;
+                    self.record_hold(job, incoming.broadcast.as_ref(), due, now)
+                        .await?;
                 }
                 tracing::debug!(?wait, "early; waiting for its time");
                 return self.requeue(incoming, wait, Again::AsItWas).await;
@@ -69,14 +77,31 @@ impl Handler {
         // Teams' limits, held across every replica, before anything else is spent on the job:
         // a job over them costs one script and a timer, so a tenant's backlog waits in Redis
         // and never stands in front of another tenant's job.
+        // A chat is paced as the conversation it resolves to, whatever form the target took
+        // (a user, or that chat's id), so two forms of one chat share its limits.
+        let thread = match &lookup {
+            Ok(Lookup::Ready(Destination::Conversation {
+                conversation_id, ..
+            })) => conversation_id.clone(),
+            _ => job.to.thread(),
+        };
+        let class = incoming.class();
+        // A user Herald has no chat with costs two requests: the chat's creation, then the
+        // message.
+        let requests = match &lookup {
+            Ok(Lookup::NewPersonalChat { .. } | Lookup::UnknownName { .. }) => 2,
+            _ => 1,
+        };
         let paced = if never.is_some() {
             PacedSend::default()
         } else {
             match self
                 .pace(
                     job.to.tenant_id(),
-                    &job.to.thread(),
+                    &thread,
                     incoming.bookkeeping.pace_turn,
+                    class,
+                    requests,
                 )
                 .await?
             {
@@ -90,22 +115,37 @@ impl Handler {
 
         let owner = format!("{}:{}", self.instance, Uuid::new_v4());
         let now = OffsetDateTime::now_utc();
-        let fresh = StatusRecord::new(&job.id, job.to.clone(), job.deliver_at, now);
+        let fresh = StatusRecord {
+            broadcast_id: incoming.broadcast.as_ref().map(|b| b.id.clone()),
+            ..StatusRecord::new(&job.id, job.to.clone(), job.deliver_at, now)
+        };
         let claim = self.until_done("claim", || {
             self.statuses
                 .begin_send(&fresh, &owner, self.send_lease, now)
         });
-        // The target's lookup only reads, so it runs beside the claim: the two commands share
-        // one round trip on the multiplexed connection. A copy that loses the claim drops it.
-        let look_up = self.until_done("look up the target", || self.resolver.look_up(&job.to));
-        let (claim, lookup) = tokio::join!(claim, look_up);
+        // A broadcast's message checks that the broadcast still goes on, beside the claim:
+        // the two commands share one round trip.
+        let broadcast_status = async {
+            match &incoming.broadcast {
+                Some(tag) => {
+                    self.until_done("read the broadcast's status", || {
+                        self.broadcasts.status(&tag.id)
+                    })
+                    .await
+                }
+                None => Ok(None),
+            }
+        };
+        let (claim, broadcast_status) = tokio::join!(claim, broadcast_status);
         match claim? {
             BeginSend::Finished(status) => {
                 tracing::info!(%status, "job already ended; dropping this copy");
                 self.metrics.job("duplicate");
                 // The handler that ended it may have died before its event was confirmed
                 // (this copy is then the redelivery): tell the end again, under the same id.
-                return self.tell_end_again(&job.id).await;
+                return self
+                    .tell_end_again(&job.id, incoming.broadcast.as_ref())
+                    .await;
             }
             BeginSend::Busy { retry_in } => {
                 tracing::info!(
@@ -123,19 +163,29 @@ impl Handler {
                 }
             }
         }
+        let broadcast = incoming.broadcast.as_ref();
+        if broadcast_status? == Some(BroadcastStatus::Cancelled) {
+            tracing::info!("its broadcast was cancelled; not sending");
+            return self
+                .finish(job, broadcast, &owner, Outcome::Cancelled, 0)
+                .await;
+        }
         if job.is_expired(now) {
-            return self.finish(job, &owner, Outcome::Expired, 0).await;
+            return self
+                .finish(job, broadcast, &owner, Outcome::Expired, 0)
+                .await;
         }
         if let Some(reason) = never {
             tracing::info!(%reason, "job cannot be delivered");
             let outcome = Outcome::Failed {
                 reason,
                 conversation_id: None,
+                transient: false,
             };
-            return self.finish(job, &owner, outcome, 0).await;
+            return self.finish(job, broadcast, &owner, outcome, 0).await;
         }
 
-        let destination = match lookup? {
+        let destination = match lookup {
             // A user Herald has not heard from: their 1:1 chat is created now that the send
             // is ours.
             Ok(lookup) => {
@@ -151,18 +201,32 @@ impl Handler {
                 let outcome = Outcome::Failed {
                     reason: why,
                     conversation_id: None,
+                    transient: false,
                 };
-                return self.finish(job, &owner, outcome, 0).await;
+                return self.finish(job, broadcast, &owner, outcome, 0).await;
             }
             Err(ResolveError::Teams(error)) => {
                 return self.failed_call(job, incoming, &owner, error, None).await;
             }
+            Err(ResolveError::Graph(error)) => {
+                // A call Graph's pace held back never went: it spends no attempt.
+                let made = u32::from(!matches!(error, GraphError::Held { .. }));
+                let attempts = incoming.bookkeeping.attempts + made;
+                let decision =
+                    failure::decide_graph(&error, attempts, &self.policy, failure::jitter());
+                return self
+                    .settle_failure(job, incoming, &owner, decision, None, made)
+                    .await;
+            }
         };
 
         let sent = self.send(job, &destination).await;
+        let answered = sent
+            .as_ref()
+            .map_or_else(ConnectorError::was_answered, |_| true);
         let settled = async {
             match sent {
-                Ok(sent) => self.delivered(job, &owner, sent).await,
+                Ok(sent) => self.delivered(job, broadcast, &owner, sent).await,
                 Err(error) => {
                     self.failed_call(job, incoming, &owner, error, Some(&destination))
                         .await
@@ -170,7 +234,7 @@ impl Handler {
             }
         };
         // The pacer learns the call is done beside the outcome's record: one round trip.
-        let (settled, ()) = tokio::join!(settled, self.note_sent(&paced));
+        let (settled, ()) = tokio::join!(settled, self.note_sent(&paced, answered));
         settled
     }
 
@@ -192,16 +256,25 @@ impl Handler {
     async fn record_hold(
         &self,
         job: &Job,
+        broadcast: Option<&BroadcastTag>,
         until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<(), Interrupted> {
         let fresh = StatusRecord {
             published: true,
+            broadcast_id: broadcast.map(|b| b.id.clone()),
             ..StatusRecord::new(&job.id, job.to.clone(), Some(until), now)
         };
         let existing = self
             .until_done("record the job", || self.statuses.create(&fresh))
             .await?;
+        // A broadcast's recipient waiting for their own clock does not hold back its fan-out.
+        if let Some(tag) = broadcast {
+            self.until_done("note the recipient waits", || {
+                self.broadcasts.hold(&tag.id, &job.id)
+            })
+            .await?;
+        }
         // A record that exists already (the ingress made it, or an earlier arrival) says when
         // the job goes, unless that has moved (a window, quiet hours, a new zone).
         if let Err(existing) = existing
@@ -255,7 +328,13 @@ impl Handler {
     }
 
     /// The message reached Teams: the job ends `delivered`.
-    async fn delivered(&self, job: &Job, owner: &str, sent: Sent) -> Result<(), Interrupted> {
+    async fn delivered(
+        &self,
+        job: &Job,
+        broadcast: Option<&BroadcastTag>,
+        owner: &str,
+        sent: Sent,
+    ) -> Result<(), Interrupted> {
         // The everyday outcome is logged at debug: at thousands of jobs a second an info line
         // each would be most of the dispatcher's work. The status record, the metrics and the
         // trace say it; every other outcome is logged at info.
@@ -269,7 +348,7 @@ impl Handler {
             conversation_id: sent.conversation_id,
             activity_id: sent.activity_id,
         };
-        self.finish(job, owner, outcome, 1).await
+        self.finish(job, broadcast, owner, outcome, 1).await
     }
 
     /// A call to Teams for this job failed (the send, or creating the user's 1:1 chat when
@@ -303,10 +382,29 @@ impl Handler {
         };
         let decision = failure::decide(&failed, &self.policy, failure::jitter());
         self.follow_up(&decision, tenant, conversation_id).await?;
+        self.settle_failure(job, incoming, owner, decision, conversation_id, 1)
+            .await
+    }
+
+    /// Acts on a failed call's decision (its side effects done): retry later, give up to the
+    /// dead-letter queue, or fail. `made` counts the calls this arrival made (none for one
+    /// Graph's pace held back); with the delivery's earlier attempts, they are its budget
+    /// spent.
+    async fn settle_failure(
+        &self,
+        job: &Job,
+        incoming: &Incoming<'_>,
+        owner: &str,
+        decision: failure::Decision,
+        conversation_id: Option<&str>,
+        made: u32,
+    ) -> Result<(), Interrupted> {
+        let attempts = incoming.bookkeeping.attempts + made;
         let reason = decision.reason;
-        let failed = |reason| Outcome::Failed {
+        let failed = |reason, transient| Outcome::Failed {
             reason,
             conversation_id: conversation_id.map(str::to_owned),
+            transient,
         };
         match decision.verdict {
             Verdict::Retry { wait } => {
@@ -318,7 +416,8 @@ impl Handler {
                     reason,
                     next_attempt_at,
                 };
-                self.finish(job, owner, outcome, 1).await
+                self.finish(job, incoming.broadcast.as_ref(), owner, outcome, made)
+                    .await
             }
             Verdict::GiveUp => {
                 tracing::warn!(%reason, "retries exhausted; dead-lettering");
@@ -332,21 +431,29 @@ impl Handler {
                     )
                 };
                 self.until_done("dead-letter", dead).await?;
-                self.finish(job, owner, failed(reason), 1).await
+                // Every attempt failed for a reason that could pass: a broadcast's retry may
+                // send it again.
+                let outcome = failed(reason, true);
+                self.finish(job, incoming.broadcast.as_ref(), owner, outcome, made)
+                    .await
             }
             // A send is never done by failing.
             Verdict::Fail | Verdict::Done => {
                 tracing::warn!(%reason, gone = decision.conversation_gone, "the job cannot be delivered");
-                self.finish(job, owner, failed(reason), 1).await
+                let outcome = failed(reason, false);
+                self.finish(job, incoming.broadcast.as_ref(), owner, outcome, made)
+                    .await
             }
         }
     }
 
     /// Records the job's outcome (as the lease's `owner`), `attempts_made` calls to Teams
-    /// with it, and tells it as an event when it is the job's end.
+    /// with it, and tells it as an event when it is the job's end; a broadcast's message
+    /// (`broadcast`) counts its end in the broadcast's counts too.
     async fn finish(
         &self,
         job: &Job,
+        broadcast: Option<&BroadcastTag>,
         owner: &str,
         outcome: Outcome,
         attempts_made: u32,
@@ -356,6 +463,7 @@ impl Handler {
             Outcome::Failed { .. } => "failed",
             Outcome::Retrying { .. } => "retrying",
             Outcome::Expired => "expired",
+            Outcome::Cancelled => "cancelled",
         });
         let now = OffsetDateTime::now_utc();
         // What a press or a read receipt needs to find the message, remembered beside the
@@ -373,7 +481,7 @@ impl Handler {
             };
             let sent = SentMessage {
                 notification_id: job.id.to_string(),
-                broadcast_id: None,
+                broadcast_id: broadcast.map(|b| b.id.clone()),
                 on_action: job.on_action.clone(),
             };
             let what = Remember {
@@ -396,29 +504,106 @@ impl Handler {
         tracing::debug!(%stored, "outcome recorded");
         // The end is told before the delivery is acked, so it needs no outbox: if this
         // process dies first, the redelivered copy finds the job ended and tells it again.
-        if let Some((status, event)) = ended_event(job, &outcome, self.events.source(), now)
+        if let Some((status, event)) =
+            ended_event(job, broadcast, &outcome, self.events.source(), now)
             && stored == status
         {
-            self.until_done("publish the event", || self.events.publish_unnoted(&event))
-                .await?;
+            let publish =
+                self.until_done("publish the event", || self.events.publish_unnoted(&event));
+            let (published, counted) =
+                tokio::join!(publish, self.count_end(broadcast, &job.id, status));
+            published?;
+            if let (Some(tag), Some(ended), JobStatus::Delivered) = (broadcast, counted?, status) {
+                self.catch_up(&job.id, tag, ended).await?;
+            }
         }
         Ok(())
+    }
+
+    /// A broadcast's message that reached Teams after its broadcast changed: deleted if the
+    /// broadcast is being retracted, edited if its message is newer than the one sent.
+    async fn catch_up(
+        &self,
+        id: &JobId,
+        tag: &BroadcastTag,
+        ended: Ended,
+    ) -> Result<(), Interrupted> {
+        let change = if ended.retracting {
+            Some((ChangeKind::Delete, None))
+        } else if ended.version != tag.version {
+            let record = self
+                .until_done("read the broadcast", || self.broadcasts.get(&tag.id))
+                .await?;
+            record.map(|r| (ChangeKind::Update, Some(r.broadcast.message)))
+        } else {
+            None
+        };
+        if let Some((kind, message)) = change {
+            tracing::info!(
+                op = kind.as_str(),
+                "the broadcast changed while its message was sent; changing it too"
+            );
+            let change = Change {
+                id: id.clone(),
+                message,
+            };
+            self.queue_broadcast_change(&change, kind, tag).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts the end of a broadcast's message in the broadcast (once, however often told).
+    async fn count_end(
+        &self,
+        broadcast: Option<&BroadcastTag>,
+        id: &str,
+        status: JobStatus,
+    ) -> Result<Option<Ended>, Interrupted> {
+        let Some(broadcast) = broadcast else {
+            return Ok(None);
+        };
+        let now = OffsetDateTime::now_utc();
+        let ended = self
+            .until_done("count the end in the broadcast", || {
+                self.broadcasts.record_end(&broadcast.id, id, status, now)
+            })
+            .await?;
+        if ended.told.applied {
+            self.metrics
+                .broadcast_recipients
+                .get_or_create(&vec![("outcome", status.as_str().to_owned())])
+                .inc();
+        }
+        self.count_settled(ended.told.settled);
+        Ok(Some(ended))
     }
 }
 
 impl Handler {
     /// Tells the end of job `id` again, from its record: for a copy of a job that had ended,
     /// whose handler may have died before its event was confirmed.
-    async fn tell_end_again(&self, id: &str) -> Result<(), Interrupted> {
+    async fn tell_end_again(
+        &self,
+        id: &str,
+        broadcast: Option<&BroadcastTag>,
+    ) -> Result<(), Interrupted> {
         let record = self
             .until_done("read the status record", || self.statuses.get(id))
             .await?;
         let now = OffsetDateTime::now_utc();
-        if let Some(event) =
-            record.and_then(|r| NotificationChanged::ended(self.events.source(), &r, now))
-        {
+        let Some(record) = record else {
+            return Ok(());
+        };
+        if let Some(event) = NotificationChanged::ended(self.events.source(), &record, now) {
             self.until_done("publish the event", || self.events.publish_unnoted(&event))
                 .await?;
+            let ended = self.count_end(broadcast, id, record.status).await?;
+            // What the first handling did not get to: a change of the broadcast to catch up.
+            if let (Some(tag), Some(ended), JobStatus::Delivered) =
+                (broadcast, ended, record.status)
+            {
+                self.catch_up(&record.id, tag, ended).await?;
+            }
         }
         Ok(())
     }
@@ -434,6 +619,7 @@ fn is_personal(job: &Job, conversation_id: &str) -> bool {
 /// is not an end.
 fn ended_event(
     job: &Job,
+    broadcast: Option<&BroadcastTag>,
     outcome: &Outcome,
     source: &str,
     now: OffsetDateTime,
@@ -453,6 +639,7 @@ fn ended_event(
         Outcome::Failed {
             reason,
             conversation_id,
+            ..
         } => (
             JobStatus::Failed,
             conversation_id.clone(),
@@ -460,11 +647,12 @@ fn ended_event(
             Some(reason.clone()),
         ),
         Outcome::Expired => (JobStatus::Expired, None, None, None),
+        Outcome::Cancelled => (JobStatus::Cancelled, None, None, None),
     };
     let kind = EventType::ending(status)?;
     let data = NotificationChanged {
         notification_id: job.id.to_string(),
-        broadcast_id: None,
+        broadcast_id: broadcast.map(|b| b.id.clone()),
         tenant_id: job.to.tenant_id().map(str::to_owned),
         conversation_id,
         activity_id,

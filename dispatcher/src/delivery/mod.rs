@@ -17,14 +17,20 @@
 //! - [`failure`]: what a failed call to Teams leads to (a 429, a gone conversation, the GCC
 //!   host, a retry, giving up), as one pure decision.
 //! - [`tick`]: a schedule's occurrence: its job queued, the next occurrence's timer parked.
+//! - [`fanout`]: a broadcast: created from RabbitMQ, its audience gathered and handed out
+//!   to the dispatch queue step by step.
+//! - [`walk`]: a change to every recipient of a broadcast (retract, edit, retry), a page at
+//!   a time.
 //! - [`requeue`]: sending a delivery round again, parked until due (early, paced out,
 //!   retried).
 
 mod change;
 pub mod failure;
+pub mod fanout;
 mod job;
 mod requeue;
 mod tick;
+mod walk;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -33,13 +39,17 @@ use herald_shared::{
         PublishError,
         headers::{self, Bookkeeping},
     },
+    broadcast::{
+        BROADCAST_TYPE_V1, Broadcast, Broadcaster, Recipient, STEP_TYPE_V1, Step, WALK_TYPE_V1,
+        Walk,
+    },
     calendar::Zone,
     error::Chain,
     events::Events,
     job::{Change, ChangeKind, JOB_TYPE_V1, Job, JobId, Message},
     metrics::Metrics,
     schedule::{Scheduler, TICK_TYPE_V1, Tick},
-    store::{ConversationStore, SentStore, StatusStore, StoreError, UserStore},
+    store::{BroadcastStore, ConversationStore, SentStore, StatusStore, StoreError, UserStore},
     submit::{Enqueuer, SubmitError},
     telemetry,
     timers::{DispatchQueue, QueueError},
@@ -52,7 +62,7 @@ use self::failure::{Decision, Verdict};
 use crate::{
     acks::{Settler, Verdict as Settlement},
     connector::BotConnector,
-    pace::{Admission, PacedSend, Pacer},
+    pace::{Admission, Class, PacedSend, Pacer},
     resolve::Resolver,
 };
 
@@ -80,6 +90,12 @@ pub struct Handler {
     pub scheduler: Scheduler,
     /// Queues the jobs of schedules' occurrences.
     pub enqueuer: Enqueuer,
+    /// Broadcasts: their state, counts and audiences.
+    pub broadcasts: BroadcastStore,
+    /// Creates the broadcasts published to RabbitMQ.
+    pub broadcaster: Broadcaster,
+    /// How a broadcast's fan-out hands out its recipients.
+    pub fan_out: fanout::FanOut,
     pub policy: failure::Policy,
     /// Where jobs' ends (and retracted messages) are told.
     pub events: Events,
@@ -149,6 +165,12 @@ enum Work {
     Change { id: JobId, alteration: Alteration },
     /// A schedule's occurrence is due.
     Tick(Tick),
+    /// A broadcast published to RabbitMQ by another service.
+    Broadcast(Box<Broadcast>),
+    /// One step of a broadcast's fan-out.
+    Step(Step),
+    /// One page of a change to every recipient of a broadcast.
+    Walk(Walk),
 }
 
 /// What a change does to a delivered message.
@@ -178,6 +200,39 @@ struct Incoming<'a> {
     /// Its contract's AMQP `type`, kept when it goes round again.
     amqp_type: &'static str,
     bookkeeping: Bookkeeping,
+    /// The broadcast whose recipient's message this is, if it is one.
+    broadcast: Option<BroadcastTag>,
+}
+
+impl Incoming<'_> {
+    /// How its send (or change) queues for the tenant's rate: a broadcast's as bulk work,
+    /// behind every single notification and reminder of its tenant.
+    fn class(&self) -> Class {
+        if self.broadcast.is_some() {
+            Class::Bulk
+        } else {
+            Class::Priority
+        }
+    }
+}
+
+/// A broadcast recipient's job (or change) says which broadcast it belongs to, and which
+/// version of the broadcast's message it carries, in its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BroadcastTag {
+    id: String,
+    version: u64,
+}
+
+impl BroadcastTag {
+    fn read(amqp_headers: Option<&FieldTable>) -> Option<Self> {
+        Some(Self {
+            id: headers::text(amqp_headers, headers::BROADCAST)?,
+            version: headers::integer(amqp_headers, headers::BROADCAST_VERSION)
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(1),
+        })
+    }
 }
 
 /// Whether Teams' limits let a call go now.
@@ -225,11 +280,18 @@ impl Handler {
                     trace_id,
                 );
                 telemetry::continue_trace(&span, parent);
+                // Trusted only on the job it names: that recipient's notification in that
+                // broadcast.
+                let broadcast = BroadcastTag::read(amqp_headers).filter(|b| {
+                    Recipient::of_target(&job.to)
+                        .is_some_and(|r| r.notification_id(&b.id) == job.id)
+                });
                 let incoming = Incoming {
                     delivery,
                     id: &job.id,
                     amqp_type: JOB_TYPE_V1,
                     bookkeeping,
+                    broadcast,
                 };
                 self.send_job(job, &incoming).instrument(span).await
             }
@@ -249,6 +311,8 @@ impl Handler {
                     id,
                     amqp_type: kind.amqp_type(),
                     bookkeeping,
+                    // An edit or deletion of a broadcast's message is paced as bulk work.
+                    broadcast: BroadcastTag::read(amqp_headers),
                 };
                 self.change(alteration, &incoming).instrument(span).await
             }
@@ -262,6 +326,42 @@ impl Handler {
                 );
                 telemetry::continue_trace(&span, parent);
                 self.occur(tick).instrument(span).await
+            }
+            Work::Broadcast(broadcast) => {
+                let span = tracing::info_span!(
+                    "broadcast",
+                    otel.name = "create broadcast",
+                    otel.kind = "consumer",
+                    broadcast = %broadcast.id,
+                    trace_id,
+                );
+                telemetry::continue_trace(&span, parent);
+                self.create_broadcast(broadcast).instrument(span).await
+            }
+            Work::Walk(walk) => {
+                let span = tracing::info_span!(
+                    "broadcast_walk",
+                    otel.name = %format_args!("broadcast {}", walk.action.as_str()),
+                    otel.kind = "consumer",
+                    broadcast = %walk.broadcast_id,
+                    trace_id,
+                );
+                telemetry::continue_trace(&span, parent);
+                self.walk_step(walk).instrument(span).await
+            }
+            Work::Step(step) => {
+                let span = tracing::info_span!(
+                    "broadcast_step",
+                    otel.name = "broadcast fan-out step",
+                    otel.kind = "consumer",
+                    broadcast = %step.broadcast_id,
+                    step = step.step,
+                    trace_id,
+                );
+                telemetry::continue_trace(&span, parent);
+                self.fan_out_step(step, bookkeeping.not_before)
+                    .instrument(span)
+                    .await
             }
         }
     }
@@ -309,10 +409,14 @@ impl Handler {
         tenant: Option<&str>,
         thread: &str,
         mut turn: Option<u64>,
+        class: Class,
+        requests: u32,
     ) -> Result<Paced, Interrupted> {
         loop {
             match self
-                .until_done("pace", || self.pacer.admit(tenant, thread, turn))
+                .until_done("pace", || {
+                    self.pacer.admit(tenant, thread, turn, class, requests)
+                })
                 .await?
             {
                 Admission::Now(paced) => return Ok(Paced::Go(paced)),
@@ -336,10 +440,11 @@ impl Handler {
             .inc();
     }
 
-    /// Tells the pacer a call it admitted is done. Best effort: if Redis cannot take it, the
-    /// send stays counted from when it was admitted, and the safety margin covers the rest.
-    async fn note_sent(&self, paced: &PacedSend) {
-        if let Err(error) = self.pacer.sent(paced).await {
+    /// Tells the pacer a call it admitted is done (`answered`: Teams answered it). Best
+    /// effort: if Redis cannot take it, the send stays counted from when it was admitted, and
+    /// the safety margin covers the rest.
+    async fn note_sent(&self, paced: &PacedSend, answered: bool) {
+        if let Err(error) = self.pacer.sent(paced, answered).await {
             tracing::debug!(error = %Chain(&error), "could not tell the pacer a send is done");
         }
     }
@@ -436,6 +541,21 @@ fn read_work(
         return serde_json::from_slice::<Tick>(body)
             .map(Work::Tick)
             .map_err(|e| format!("rejected: the schedule's timer is malformed: {e}"));
+    }
+    if amqp_type == Some(BROADCAST_TYPE_V1) {
+        return Broadcast::from_slice(body)
+            .map(|broadcast| Work::Broadcast(Box::new(broadcast)))
+            .map_err(|error| format!("rejected: {error}"));
+    }
+    if amqp_type == Some(WALK_TYPE_V1) {
+        return serde_json::from_slice::<Walk>(body)
+            .map(Work::Walk)
+            .map_err(|e| format!("rejected: the broadcast walk is malformed: {e}"));
+    }
+    if amqp_type == Some(STEP_TYPE_V1) {
+        return serde_json::from_slice::<Step>(body)
+            .map(Work::Step)
+            .map_err(|e| format!("rejected: the broadcast step is malformed: {e}"));
     }
     // A change queued before changes had types of their own says so in a header.
     let legacy_operation = headers::text(amqp_headers, headers::LEGACY_OPERATION);

@@ -1,7 +1,8 @@
 //! A schedule's occurrence is due: its job is queued (its id, UUID v5 of schedule and instant,
 //! makes a second handling of the same occurrence queue nothing new), then the timer of the
-//! occurrence after is parked. A timer of a schedule since edited, paused or deleted is
-//! dropped: the edit parked its own.
+//! occurrence after is parked, for the same generation. A timer of a schedule since edited,
+//! paused or deleted is dropped: the edit parked its own generation's timer, which nothing
+//! parked here can replace.
 
 use herald_shared::{schedule::Tick, submit::OnConflict};
 use time::OffsetDateTime;
@@ -42,19 +43,6 @@ impl Handler {
             self.scheduler.park_next(&schedule, tick.occurrence)
         })
         .await?;
-        // An edit, pause or resume meanwhile parked a timer for the schedule as it became;
-        // the park above may have replaced it (same timer), so park again for the latest.
-        let latest = self
-            .until_done("read the schedule", || store.get(&tick.schedule))
-            .await?;
-        if let Some(latest) = latest
-            && latest.generation != schedule.generation
-        {
-            self.until_done("park the edited schedule's occurrence", || {
-                self.scheduler.park_next(&latest, OffsetDateTime::now_utc())
-            })
-            .await?;
-        }
         Ok(())
     }
 }

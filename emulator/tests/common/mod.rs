@@ -269,3 +269,44 @@ pub async fn send_text(service_url: &str, conversation: &str, token: &str, text:
     let activity = serde_json::json!({ "type": "message", "text": text });
     call(reqwest::Method::POST, &url, Some(token), Some(&activity)).await
 }
+
+/// A Graph token for `tenant` from the emulator's Entra endpoint (scope: its Graph root).
+pub async fn graph_token(emulator: &Emulator, tenant: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(emulator.tenant_token_url(tenant))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", APP_ID),
+            ("client_secret", APP_PASSWORD),
+            ("scope", emulator.graph_scope().as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// `GET {graph}/v1.0/{path}` (path and query as given) with a token.
+pub async fn graph_get(emulator: &Emulator, path: &str, token: &str) -> Answer {
+    let url = format!("{}/v1.0/{path}", emulator.graph_url());
+    call(reqwest::Method::GET, &url, Some(token), None).await
+}
+
+/// `POST {graph}/v1.0/users/{user}/teamwork/installedApps` binding the catalog app.
+pub async fn graph_install(
+    emulator: &Emulator,
+    user: &str,
+    teams_app_id: &str,
+    token: &str,
+) -> Answer {
+    let url = format!(
+        "{}/v1.0/users/{user}/teamwork/installedApps",
+        emulator.graph_url()
+    );
+    let body = serde_json::json!({
+        "teamsApp@odata.bind": format!("https://graph.microsoft.com/v1.0/appCatalogs/teamsApps/{teams_app_id}")
+    });
+    call(reqwest::Method::POST, &url, Some(token), Some(&body)).await
+}

@@ -3,8 +3,8 @@
 //! would also read a struct from an array of its fields' values, which no document allows).
 
 use axum::{
-    extract::{FromRequest, Request, rejection::JsonRejection},
-    http::StatusCode,
+    extract::{FromRequest, FromRequestParts, Query, Request, rejection::JsonRejection},
+    http::{StatusCode, request::Parts},
 };
 use std::{fmt, marker::PhantomData};
 
@@ -80,4 +80,31 @@ fn problem(rejection: JsonRejection) -> Problem {
         status
     };
     Problem::new(status, title, detail)
+}
+
+/// `Query<T>` with the API's own error format: a parameter that does not read is a 400
+/// problem naming it.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text)
+                    .to_owned();
+                Err(Problem::bad_request(detail))
+            }
+        }
+    }
 }

@@ -10,11 +10,13 @@
 //! - This file: the router, the OpenAPI document and the bearer-key check.
 //! - [`keys`]: the configured keys ([`ApiKeys`]), matched in constant time.
 //! - [`notifications`]: the `/v1/notifications` handlers.
+//! - [`broadcasts`]: the `/v1/broadcasts` handlers (one message to a whole audience).
 //! - [`users`]: the `/v1/users` handlers (a user's chat and clock).
 //! - [`schedules`]: the `/v1/schedules` handlers (recurring notifications).
 //! - [`webhooks`]: the `/v1/webhooks` handlers (events POSTed to other services).
 //! - `extract`: the JSON body extractor whose rejections are problem documents.
 
+pub mod broadcasts;
 mod extract;
 pub mod keys;
 pub mod notifications;
@@ -40,9 +42,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use self::keys::ApiKeys;
 use herald_shared::{
+    broadcast::Broadcaster,
     events::Events,
+    metrics::Metrics,
     schedule::Scheduler,
-    store::{ConversationStore, UserStore},
+    store::{BroadcastStore, ConversationStore, UserStore},
     webhooks::{WebhookStore, guard::WebhookGuard},
 };
 
@@ -52,6 +56,9 @@ use crate::problem::Problem;
 
 /// The largest `/v1` request body; a message is at most 28 KB.
 pub const MAX_API_BODY: usize = 64 * 1024;
+
+/// The largest `POST /v1/broadcasts` body: an inline audience of 10,000 users fits.
+pub const MAX_BROADCAST_BODY: usize = 1024 * 1024;
 
 /// What the `/v1` handlers share.
 #[derive(Debug)]
@@ -70,13 +77,19 @@ pub struct Api {
     pub webhooks: WebhookStore,
     /// Where webhooks may point.
     pub webhook_guard: WebhookGuard,
+    /// Broadcasts: their state, counts and audiences.
+    pub broadcasts: BroadcastStore,
+    /// Creates and releases broadcasts.
+    pub broadcaster: Broadcaster,
+    /// Counts broadcasts created and cancelled.
+    pub metrics: Metrics,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Herald",
-        description = "Proactive Microsoft Teams notifications: send, follow, cancel and edit; recurring schedules; users' time zones and quiet hours.",
+        description = "Proactive Microsoft Teams notifications: send, follow, cancel and edit; broadcasts to whole audiences; recurring schedules; users' time zones and quiet hours.",
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
@@ -85,6 +98,7 @@ pub struct Api {
     components(schemas(herald_shared::job::SendWindow, users::QuietHoursBody)),
     tags(
         (name = "notifications", description = "Messages to Teams users, chats and channels"),
+        (name = "broadcasts", description = "One message to a whole audience: a list of users, a tenant's users, a team's roster, channels"),
         (name = "users", description = "What Herald knows of a user, and their clock: time zone and quiet hours"),
         (name = "schedules", description = "Recurring notifications: RFC 5545 rules in the recipient's zone"),
         (name = "webhooks", description = "Herald's events POSTed to your services, signed as Standard Webhooks")
@@ -118,6 +132,24 @@ fn documented() -> (Router<Arc<Api>>, utoipa::openapi::OpenApi) {
             notifications::get,
             notifications::cancel,
             notifications::edit
+        ))
+        // A broadcast's body may name 10,000 users: the inner limit is the one that counts.
+        // (A list's upload is read by its handler, up to 10 MiB.)
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(broadcasts::create))
+                .layer(DefaultBodyLimit::max(MAX_BROADCAST_BODY)),
+        )
+        .routes(routes!(
+            broadcasts::get,
+            broadcasts::cancel,
+            broadcasts::edit
+        ))
+        .routes(routes!(broadcasts::release))
+        .routes(routes!(broadcasts::retry))
+        .routes(routes!(
+            broadcasts::recipients::add,
+            broadcasts::recipients::list
         ))
         .routes(routes!(users::get, users::change))
         .routes(routes!(schedules::create))

@@ -117,17 +117,7 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(request): ApiJson<NotificationRequest>,
 ) -> Result<Response, Problem> {
-    let key = match headers.get("idempotency-key") {
-        Some(key) if is_idempotency_key(key.as_bytes()) => {
-            Some(String::from_utf8_lossy(key.as_bytes()).into_owned())
-        }
-        Some(_) => {
-            return Err(Problem::bad_request(
-                "Idempotency-Key: must be 1-255 printable ASCII characters, with spaces only inside",
-            ));
-        }
-        None => None,
-    };
+    let key = idempotency_key(&headers)?;
     let (id, id_from) = match (request.id, &key) {
         (Some(id), _) => (id, IdSource::Caller),
         (None, Some(key)) => (
@@ -166,6 +156,19 @@ pub async fn create(
             )),
         }),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The request's `Idempotency-Key`, if it has one; 400 if it breaks the documented pattern.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    match headers.get("idempotency-key") {
+        Some(key) if is_idempotency_key(key.as_bytes()) => {
+            Ok(Some(String::from_utf8_lossy(key.as_bytes()).into_owned()))
+        }
+        Some(_) => Err(Problem::bad_request(
+            "Idempotency-Key: must be 1-255 printable ASCII characters, with spaces only inside",
+        )),
+        None => Ok(None),
     }
 }
 

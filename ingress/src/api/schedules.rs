@@ -261,11 +261,11 @@ pub async fn delete(
     let last = api.scheduler.store.last_occurrences(&id).await?;
     api.scheduler.store.delete(&id).await?;
     // The record is gone, so a timer that comes due is dropped; removing it saves the trip.
-    api.scheduler
-        .queue
-        .timers()
-        .forget(&Tick::timer_id(&id))
+    let timers = api.scheduler.queue.timers();
+    timers
+        .forget(&Tick::timer_id(&id, schedule.generation))
         .await?;
+    timers.forget(&Tick::legacy_timer_id(&id)).await?;
     schedule.paused = true;
     let mut shown = view(&api, schedule, now).await?;
     shown.last = last;

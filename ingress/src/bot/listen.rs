@@ -17,7 +17,7 @@ use herald_shared::{
         NotificationAction, NotificationRead, Proof,
     },
     job::{Answer, OnAction},
-    store::{SentMessage, SentStore, Stamp, StatusStore, StoreError},
+    store::{BroadcastStore, SentMessage, SentStore, Stamp, StatusStore, StoreError},
 };
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -43,6 +43,8 @@ pub struct Listener {
     pub events: Events,
     pub sent: SentStore,
     pub statuses: StatusStore,
+    /// Counts broadcasts' messages read.
+    pub broadcasts: BroadcastStore,
 }
 
 /// Why something a user did could not be recorded (Teams delivers the activity again on a
@@ -291,12 +293,14 @@ impl Listener {
             .map_err(NotRecorded)?;
         let now = OffsetDateTime::now_utc();
         let field = Proof::field_for(EventType::NotificationRead);
-        let marks = unread.iter().map(|(notification, activity_id)| {
+        let marks = unread.iter().map(|message| {
             let field = field.as_str();
+            let notification = &message.notification_id;
+            let activity_id = &message.activity_id;
             async move {
                 let data = NotificationRead {
                     notification_id: notification.clone(),
-                    broadcast_id: None,
+                    broadcast_id: message.broadcast_id.clone(),
                     tenant_id: tenant.to_owned(),
                     aad_object_id: reader.to_owned(),
                     conversation_id: conversation.clone(),
@@ -324,15 +328,20 @@ impl Listener {
                 if first {
                     self.events.publish_soon(event);
                 }
+                // A broadcast counts its messages read, each once: told again whether or not
+                // this receipt was the first, so that a count that failed before (the
+                // message then stays unread, and the next receipt covers it again) is made.
+                if let Some(broadcast) = &message.broadcast_id {
+                    self.broadcasts.count_read(broadcast, notification).await?;
+                }
                 Ok::<_, StoreError>(first)
             }
         });
         let marked = futures_util::future::try_join_all(marks)
             .await
             .map_err(NotRecorded)?;
-        let ids: Vec<String> = unread.into_iter().map(|(n, _)| n).collect();
         self.sent
-            .mark_read(conversation, &ids)
+            .mark_read(conversation, &unread)
             .await
             .map_err(NotRecorded)?;
         Ok(marked.into_iter().filter(|first| *first).count())

@@ -141,6 +141,17 @@ async fn handle(
             "activity recorded"
         );
     }
+    // The user removed the app: should they install it again, that install is theirs and is
+    // greeted. Best effort: the mark lapses within the hour anyway.
+    if let (ActivityEffect::Remove { .. }, Some(tenant), Some(user)) = (
+        &recorded.effect,
+        &recorded.reference.tenant_id,
+        &recorded.reference.user_aad_object_id,
+    ) && recorded.reference.is_personal()
+        && let Err(error) = bot.greeter.reach.forget_quiet_install(tenant, user).await
+    {
+        tracing::warn!(error = %Chain(&error), "could not clear the mark of an install Herald made");
+    }
     if recorded.effect == ActivityEffect::Install {
         match bot.greeter.greet(&recorded.reference, install, now).await {
             Ok(()) => {}

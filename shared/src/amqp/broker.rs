@@ -27,6 +27,8 @@ pub struct Link {
     pub publish_channel: Channel,
     /// Increases with every reconnection, so consumers can tell a new link from the old.
     pub epoch: u64,
+    /// Publishes the broker refused in a row on this link, since the last one it took.
+    pub refused_in_a_row: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for Link {
@@ -177,6 +179,7 @@ async fn supervise(
                     connection: Arc::new(connection),
                     publish_channel,
                     epoch,
+                    refused_in_a_row: Arc::default(),
                 };
                 tracing::info!(epoch, node = %node.shown, "connected to RabbitMQ; topology declared");
                 state.send_replace(Some(link.clone()));

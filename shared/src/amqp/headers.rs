@@ -24,6 +24,11 @@ pub const LEGACY_OPERATION: &str = "x-herald-op";
 /// Why a message was dead-lettered, and where from.
 pub const DEAD_REASON: &str = "x-herald-reason";
 pub const DEAD_AT: &str = "x-herald-dead-at";
+/// On a broadcast recipient's job (and its edits): the broadcast's id. The dispatcher trusts
+/// it only when the job's id is that recipient's notification id in that broadcast.
+pub const BROADCAST: &str = "x-herald-broadcast";
+/// Beside [`BROADCAST`]: the version of the broadcast's message the job carries.
+pub const BROADCAST_VERSION: &str = "x-herald-broadcast-version";
 
 /// Herald's bookkeeping on one delivery: what its headers say about earlier attempts and
 /// waits, read once.

@@ -6,7 +6,7 @@
 //! message is a failure, never a silent loss. Events are the exception: one nobody listens to
 //! is dropped by the broker, which is what publishing to subscribers means.
 
-use std::time::Duration;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use lapin::{
     BasicProperties, Confirmation,
@@ -32,6 +32,9 @@ pub enum PublishError {
 
 /// How long a publish may wait for its confirmation.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Publishes refused in a row (with none taken between) after which a link is replaced.
+const REFUSED_IN_A_ROW: u32 = 20;
 
 /// A message for the dispatch queue, as Herald queues it for the dispatcher (a job, or a change
 /// to a delivered message): JSON, persistent, its id as `message_id` and its contract's version
@@ -136,21 +139,21 @@ impl Publisher {
                 .await?;
             Ok::<_, PublishError>(pending.await?)
         };
-        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+        let outcome = tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await;
+        // A quorum queue refuses publishes while it elects a leader, and takes them again
+        // once it has one; a channel whose every publish is still refused long after is stuck
+        // on the dead leader, like one whose publishes go unconfirmed.
+        if matches!(outcome, Ok(Ok(Confirmation::Nack(None)))) {
+            let refused = link.refused_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused == REFUSED_IN_A_ROW {
+                replace(&link, "publishes refused in a row");
+            }
+        } else if matches!(outcome, Ok(Ok(Confirmation::Ack(_)))) {
+            link.refused_in_a_row.store(0, Ordering::Relaxed);
+        }
+        match outcome {
             Err(_) => {
-                // A link whose publishes go unconfirmed is no link: after a quorum queue's
-                // leader dies, a channel's queue client can keep sending to the dead leader and
-                // never hear back. Closing the channel makes the broker supervisor replace the
-                // whole link (its health check sees the channel gone), and the retry goes out
-                // on the new one.
-                tracing::warn!(
-                    epoch = link.epoch,
-                    "a publish went unconfirmed; replacing the RabbitMQ link"
-                );
-                let channel = link.publish_channel.clone();
-                tokio::spawn(async move {
-                    let _ = channel.close(320, "publishes unconfirmed".into()).await;
-                });
+                replace(&link, "a publish went unconfirmed");
                 Err(PublishError::Timeout(CONFIRM_TIMEOUT))
             }
             Ok(Err(e)) => Err(e),
@@ -250,4 +253,16 @@ impl Publisher {
         )
         .await
     }
+}
+
+/// Replaces a link whose publishes are lost on it: after a quorum queue's leader dies, a
+/// channel's queue client can keep sending to the dead leader, and never hear back or hear
+/// only refusals. Closing the channel makes the broker supervisor replace the whole link (its
+/// health check sees the channel gone), and retries go out on the new one.
+fn replace(link: &super::Link, why: &'static str) {
+    tracing::warn!(epoch = link.epoch, why, "replacing the RabbitMQ link");
+    let channel = link.publish_channel.clone();
+    tokio::spawn(async move {
+        let _ = channel.close(320, why.into()).await;
+    });
 }

@@ -2,7 +2,7 @@
 //! channel when a queue is redeclared with other arguments, so nothing else declares anything.
 //!
 //! ```text
-//! publish ─▶ {ns}.jobs (topic) ──#.notification──▶ {ns}.dispatch (quorum) ─▶ dispatcher
+//! publish ─▶ {ns}.jobs (topic) ──#.notification, #.broadcast──▶ {ns}.dispatch (quorum) ─▶ dispatcher
 //!                                                       └─ x-delivery-limit / dead-letter ─▶ {ns}.dead
 //!
 //! events ─▶ {ns}.events (topic, routing key = the event type) ──webhooks' types──▶ {ns}.webhooks (quorum) ─▶ webhook sender
@@ -25,6 +25,8 @@ use crate::config::Namespace;
 
 /// The routing key of notification jobs, as other services publish them.
 pub const NOTIFICATION_ROUTING_KEY: &str = "notification";
+
+pub use crate::broadcast::BROADCAST_ROUTING_KEY;
 
 /// How many times RabbitMQ redelivers a job whose handler keeps dying before it dead-letters it.
 pub const DISPATCH_DELIVERY_LIMIT: i64 = 10;
@@ -121,13 +123,15 @@ impl Topology {
             ],
         )
         .await?;
-        bind_queue(
-            channel,
-            &self.dispatch_queue(),
-            &self.jobs_exchange(),
-            &format!("#.{NOTIFICATION_ROUTING_KEY}"),
-        )
-        .await?;
+        for routing_key in [NOTIFICATION_ROUTING_KEY, BROADCAST_ROUTING_KEY] {
+            bind_queue(
+                channel,
+                &self.dispatch_queue(),
+                &self.jobs_exchange(),
+                &format!("#.{routing_key}"),
+            )
+            .await?;
+        }
 
         channel
             .exchange_declare(

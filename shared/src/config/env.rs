@@ -107,6 +107,21 @@ impl Env {
         }
     }
 
+    /// A switch: `on`/`off`, `true`/`false` or `1`/`0` (any case), or `default` when unset.
+    pub(super) fn flag_or(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        let Some(raw) = self.get(key) else {
+            return Ok(default);
+        };
+        match raw.to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => Ok(true),
+            "off" | "false" | "0" => Ok(false),
+            _ => Err(ConfigError::new(
+                key,
+                format!("{raw:?} is not a switch; expected on or off"),
+            )),
+        }
+    }
+
     pub(super) fn url_or(&self, key: &'static str, default: &str) -> Result<Url, ConfigError> {
         let raw = self.get(key).unwrap_or(default);
         Url::parse(raw).map_err(|e| ConfigError::new(key, format!("{raw:?} is not a URL ({e})")))

@@ -15,11 +15,14 @@
 //!   [`SecretUrl`]) and the [`Namespace`] used in them.
 //! - `teams`: the bot's credentials and the Teams endpoints, from the cloud's preset, each
 //!   overridable, with the serviceUrl allowlist.
+//! - `graph`: Microsoft Graph ([`GraphConfig`]): its root per cloud, per-tenant tokens, its
+//!   own allowlist, the per-tenant rate and whether Herald installs the app for users.
 //! - `telemetry`: the [`LogFormat`] and where spans go ([`TraceExport`]).
 //! - `sending`: the dispatcher's pace: [`RetrySchedule`], [`RateLimits`], [`DEFAULT_PREFETCH`].
 
 mod connections;
 mod env;
+mod graph;
 mod sending;
 mod teams;
 mod telemetry;
@@ -34,6 +37,7 @@ use crate::{calendar::Zone, webhooks::guard::WebhookGuard};
 pub use self::{
     connections::{AmqpNodes, Namespace, RedisTarget, SecretUrl},
     env::{ConfigError, Env},
+    graph::{GraphConfig, TENANT_PLACEHOLDER},
     sending::{DEFAULT_PREFETCH, RateLimit, RateLimits, RetrySchedule},
     teams::{BotCredentials, TeamsEndpoints},
     telemetry::{LogFormat, TraceExport},
@@ -160,12 +164,20 @@ pub struct DispatcherConfig {
     pub tenant_rate: RateLimits,
     /// Per conversation, across all replicas (Teams' per-thread limits).
     pub conversation_rates: RateLimits,
+    /// At most this many of one broadcast's recipients handed to the dispatch queue and not
+    /// yet ended (`HERALD_BROADCAST_AHEAD`): what waits for the tenant's rate is bounded by
+    /// this, not by the audience.
+    pub broadcast_ahead: u64,
+    /// Microsoft Graph, for users who never installed the app (`HERALD_GRAPH_*`).
+    pub graph: GraphConfig,
 }
 
 impl DispatcherConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env(env)?;
         let config = Self {
-            common: CommonConfig::from_env(env)?,
+            graph: GraphConfig::from_env(env, &common.teams)?,
+            common,
             admin_addr: env
                 .parse_or("HERALD_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9091)))?,
             prefetch: env.parse_or("HERALD_PREFETCH", DEFAULT_PREFETCH)?,
@@ -184,9 +196,16 @@ impl DispatcherConfig {
                     .parse()
                     .expect("the default parses"),
             )?,
+            broadcast_ahead: env.parse_or("HERALD_BROADCAST_AHEAD", 1_000)?,
         };
         if config.prefetch == 0 {
             return Err(ConfigError::new("HERALD_PREFETCH", "must be at least 1"));
+        }
+        if config.broadcast_ahead == 0 {
+            return Err(ConfigError::new(
+                "HERALD_BROADCAST_AHEAD",
+                "must be at least 1",
+            ));
         }
         if config.max_attempts == 0 {
             return Err(ConfigError::new(

@@ -66,6 +66,15 @@ impl RateLimits {
     pub fn is_off(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The sustained rate the limits allow, per second (the strictest window's); `None` when
+    /// off.
+    pub fn per_second(&self) -> Option<f64> {
+        self.0
+            .iter()
+            .map(|l| f64::from(l.count) / l.window.as_secs_f64().max(0.001))
+            .min_by(f64::total_cmp)
+    }
 }
 
 impl FromStr for RateLimits {

@@ -199,7 +199,7 @@ impl NotificationChanged {
     ) -> CloudEvent {
         let data = NotificationChanged {
             notification_id: record.id.to_string(),
-            broadcast_id: None,
+            broadcast_id: record.broadcast_id.clone(),
             tenant_id: record.to.tenant_id().map(str::to_owned),
             conversation_id: record.conversation_id.clone().filter(|c| !c.is_empty()),
             activity_id: record.activity_id.clone().filter(|a| !a.is_empty()),

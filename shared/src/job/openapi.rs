@@ -172,9 +172,14 @@ fn nullable(schema: ObjectBuilder) -> Schema {
     )
 }
 
+/// What an id that becomes a broadcast recipient may hold: no `|`, no control characters.
+pub const RECIPIENT_ID_PATTERN: &str = "^[^|\\u0000-\\u001f\\u007f-\\u009f]+$";
+
 /// Adds the rules derive cannot express to the job types' schemas in `openapi`'s components,
 /// and the `TimeZone` component the local-time fields refer to:
 /// - a message has non-empty `text` or at least one attachment (`anyOf`);
+/// - a user is named by exactly one of `aadObjectId`, `userPrincipalName` and `email`
+///   (`oneOf`);
 /// - a target names exactly one kind of recipient: its object has no other property (serde
 ///   refuses a second key in an externally tagged enum).
 pub fn complete(openapi: &mut OpenApi) {
@@ -190,14 +195,69 @@ pub fn complete(openapi: &mut OpenApi) {
     {
         *entry = RefOr::T(message_with_content(message.clone()));
     }
-    if let Some(RefOr::T(Schema::OneOf(targets))) = components.schemas.get_mut("Target") {
-        for target in &mut targets.items {
-            if let RefOr::T(Schema::Object(target)) = target {
-                target.additional_properties =
-                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+    if let Some(entry) = components.schemas.get_mut("UserTarget")
+        && let RefOr::T(Schema::Object(user)) = entry
+    {
+        *entry = RefOr::T(user_named_once(user.clone()));
+    }
+    // A broadcast's gathered audiences name ids that become its recipients, stored as
+    // `tenant|user` members: no `|`, no control characters (`recipientId` in
+    // `schemas/broadcast.v1.json`).
+    for (component, fields) in [
+        ("TenantAudience", &["tenantId"][..]),
+        ("TeamAudience", &["tenantId", "teamId"]),
+        ("GroupAudience", &["tenantId", "groupId"]),
+    ] {
+        if let Some(RefOr::T(Schema::Object(audience))) = components.schemas.get_mut(component) {
+            for field in fields {
+                if let Some(RefOr::T(Schema::Object(id))) = audience.properties.get_mut(*field) {
+                    id.pattern = Some(RECIPIENT_ID_PATTERN.to_owned());
+                    id.max_length = Some(crate::broadcast::MAX_RECIPIENT_ID);
+                }
             }
         }
     }
+    // An enum's object names exactly one variant: `{"user": …}`, never with other keys.
+    for one_of in ["Target", "Audience"] {
+        if let Some(RefOr::T(Schema::OneOf(variants))) = components.schemas.get_mut(one_of) {
+            for variant in &mut variants.items {
+                if let RefOr::T(Schema::Object(variant)) = variant {
+                    variant.additional_properties =
+                        Some(Box::new(AdditionalProperties::FreeForm(false)));
+                    bound_inline_lists(variant);
+                }
+            }
+        }
+    }
+}
+
+/// An audience's inline lists: 1 to 10,000 users, 1 to 1,000 channels.
+fn bound_inline_lists(variant: &mut Object) {
+    use crate::broadcast::{MAX_CHANNELS, MAX_INLINE_USERS};
+    for (name, most) in [("users", MAX_INLINE_USERS), ("channels", MAX_CHANNELS)] {
+        if let Some(RefOr::T(Schema::Array(list))) = variant.properties.get_mut(name) {
+            list.min_items = Some(1);
+            list.max_items = Some(most);
+        }
+    }
+}
+
+/// The user object, with exactly one of its names.
+fn user_named_once(mut user: Object) -> Schema {
+    let description = user.description.take();
+    let mut names = OneOfBuilder::new();
+    // Each branch wants its name as a string: one sent as `null` is absent.
+    for name in ["aadObjectId", "userPrincipalName", "email"] {
+        let given = ObjectBuilder::new().schema_type(Type::String);
+        names = names.item(ObjectBuilder::new().required(name).property(name, given));
+    }
+    Schema::AllOf(
+        AllOfBuilder::new()
+            .item(Schema::Object(user))
+            .item(Schema::OneOf(names.build()))
+            .description(description)
+            .build(),
+    )
 }
 
 /// The message object, and one of: non-empty `text`, or one attachment at least.

@@ -231,15 +231,20 @@ static MOVE_IF_STORED: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Answers {} if the reference is not stored, else its type, tenant and user ('' for unset).
 static MARK_REMOVED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 redis.call('HSET', KEYS[1], 'state', 'removed', 'removedReason', ARGV[1], 'installed', '0')
-return 1
+local f = redis.call('HMGET', KEYS[1], 'conversationType', 'tenantId', 'userAadObjectId')
+return {f[1] or '', f[2] or '', f[3] or ''}
 "#,
     )
 });
+
+/// How long a team member's roster id is kept after the roster last named them.
+pub const MEMBER_ID_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct ConversationStore {
@@ -252,7 +257,7 @@ impl ConversationStore {
     }
 
     /// Records an inbound activity in one round trip: the reference (with its effect), the
-    /// user's personal-conversation index and the tenant's latest serviceUrl.
+    /// user's personal-conversation index, the tenant's users and its latest serviceUrl.
     pub async fn record(&self, activity: &RecordedActivity) -> Result<InstallState, StoreError> {
         let reference = &activity.reference;
         let (effect, reason) = match &activity.effect {
@@ -270,6 +275,7 @@ impl ConversationStore {
         // Three keys, three commands sent at once: the multiplexed connection pipelines them
         // (one round trip), and on a cluster each goes to its own node.
         let mut user_index = None;
+        let mut tenant_users = None;
         let mut tenant_url = None;
         if let Some(tenant) = &reference.tenant_id {
             if let (true, Some(user)) = (reference.is_personal(), &reference.user_aad_object_id) {
@@ -277,6 +283,14 @@ impl ConversationStore {
                 set.arg(self.user_key(tenant, user))
                     .arg(&reference.conversation_id);
                 user_index = Some(set);
+                // The tenant's users with a live personal chat (a tenant broadcast's
+                // audience): in while installed, out once removed.
+                let removed = matches!(activity.effect, ActivityEffect::Remove { .. });
+                let mut member = redis::cmd(if removed { "SREM" } else { "SADD" });
+                member
+                    .arg(self.tenant_users_key(tenant))
+                    .arg(user.to_ascii_lowercase());
+                tenant_users = Some(member);
             }
             let mut hset = redis::cmd("HSET");
             hset.arg(self.redis.key("tenant", tenant))
@@ -296,9 +310,10 @@ impl ConversationStore {
             }
         };
         let mut conn = self.redis.conn();
-        let ((generation, new_install), (), ()) = futures_util::future::try_join3(
+        let ((generation, new_install), (), (), ()) = futures_util::future::try_join4(
             eval.invoke_async::<(u64, u8)>(&mut conn),
             optional(user_index),
+            optional(tenant_users),
             optional(tenant_url),
         )
         .await?;
@@ -406,12 +421,142 @@ impl ConversationStore {
         conversation_id: &str,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        let done: u8 = MARK_REMOVED
+        let found: Vec<String> = MARK_REMOVED
             .key(self.redis.key("conv", conversation_id))
             .arg(reason)
             .invoke_async(&mut self.redis.conn())
             .await?;
-        Ok(done == 1)
+        let [kind, tenant, user] = found.as_slice() else {
+            return Ok(false);
+        };
+        // A personal chat Teams says is gone takes its user out of the tenant's audience.
+        if kind == ConversationKind::Personal.as_str() && !tenant.is_empty() && !user.is_empty() {
+            self.redis
+                .conn()
+                .srem::<_, _, ()>(self.tenant_users_key(tenant), user.to_ascii_lowercase())
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// A page of the tenant's users with a live personal chat (their `aadObjectId`s, in lower
+    /// case), from `cursor` ("0" to start); answers the next cursor ("0" at the end) and the
+    /// page. A user may appear twice across pages (SSCAN's promise); never missed.
+    pub async fn tenant_users(
+        &self,
+        tenant_id: &str,
+        cursor: &str,
+        count: usize,
+    ) -> Result<(String, Vec<String>), StoreError> {
+        let (next, users): (String, Vec<String>) = redis::cmd("SSCAN")
+            .arg(self.tenant_users_key(tenant_id))
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok((next, users))
+    }
+
+    /// Notes team members' roster ids (`29:…`), by which a 1:1 chat is created with a member
+    /// who never installed the app personally (a team install allows it). Kept for
+    /// [`MEMBER_ID_TTL`], refreshed whenever the roster is read again.
+    pub async fn remember_members(
+        &self,
+        tenant_id: &str,
+        members: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (aad_object_id, member_id) in members {
+            pipe.set_ex(
+                self.member_key(tenant_id, aad_object_id),
+                member_id,
+                MEMBER_ID_TTL.as_secs(),
+            )
+            .ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis.conn()).await?;
+        Ok(())
+    }
+
+    /// The user's roster id, if a team roster named them.
+    pub async fn member_id(
+        &self,
+        tenant_id: &str,
+        aad_object_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .redis
+            .conn()
+            .get(self.member_key(tenant_id, aad_object_id))
+            .await?)
+    }
+
+    /// Fills the tenants' user indexes from the personal conversations stored before they
+    /// existed (a version without broadcasts), once per deployment: every user whose personal
+    /// chat is live joins their tenant's. Walks the keyspace with SCAN, a page at a time, so
+    /// Redis is never blocked; a second run (another replica, a restart midway) adds nothing
+    /// new. On a Redis Cluster (whose keyspace a single SCAN does not cover) it does nothing.
+    /// Answers how many users were indexed, or `None` if it had run before.
+    pub async fn backfill_tenant_users(&self) -> Result<Option<u64>, StoreError> {
+        let done_key = self.redis.key("migrations", "tenant-users");
+        if self.redis.is_cluster() || self.redis.conn().exists(&done_key).await? {
+            return Ok(None);
+        }
+        let pattern = self.redis.key("user", "*");
+        let prefix = self.redis.key("user", "");
+        let mut cursor = 0u64;
+        let mut indexed = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut self.redis.conn())
+                .await?;
+            for key in keys {
+                // `{ns}:user:{tenant}:{aadObjectId}`, the object id in lower case.
+                let Some((tenant, user)) =
+                    key.strip_prefix(&prefix).and_then(|k| k.split_once(':'))
+                else {
+                    continue;
+                };
+                let live = self
+                    .personal_conversation(tenant, user)
+                    .await?
+                    .is_some_and(|address| address.removed_reason.is_none());
+                if live {
+                    let _: u8 = self
+                        .redis
+                        .conn()
+                        .sadd(self.tenant_users_key(tenant), user)
+                        .await?;
+                    indexed += 1;
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        self.redis.conn().set::<_, _, ()>(&done_key, "1").await?;
+        Ok(Some(indexed))
+    }
+
+    fn tenant_users_key(&self, tenant_id: &str) -> String {
+        self.redis.key("tenant-users", tenant_id)
+    }
+
+    fn member_key(&self, tenant_id: &str, aad_object_id: &str) -> String {
+        self.redis.key(
+            "member",
+            &format!("{tenant_id}:{}", aad_object_id.to_ascii_lowercase()),
+        )
     }
 
     fn user_key(&self, tenant_id: &str, aad_object_id: &str) -> String {

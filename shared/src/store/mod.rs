@@ -1,12 +1,15 @@
-//! Redis stores: conversation references, job status records, the messages sent (for card
-//! actions and read receipts), timers (messages parked until due) and users' clocks (time
+//! Redis stores: broadcasts, conversation references, job status records, the messages sent (for card
+//! actions and read receipts), what Microsoft Graph said about people who never installed the
+//! app, timers (messages parked until due) and users' clocks (time
 //! zone, quiet hours), and the shared connection other crates' stores (the dispatcher's pacer)
 //! build on.
 //!
 //! Keys are `{namespace}:{kind}:{id}`. Every script touches a single key, or keys that share a
 //! hash tag (pacing, timers), so that they would run unchanged on a Redis Cluster.
 
+mod broadcasts;
 mod conversation;
+mod reach;
 mod schedules;
 mod sent;
 mod status;
@@ -26,12 +29,14 @@ use redis::{
 };
 
 pub use self::{
+    broadcasts::{ADD_CHUNK, Added, Advance, BroadcastRecord, BroadcastStore, Counts, Ended, Told},
     conversation::{
         ActivityEffect, ConversationAddress, ConversationKind, ConversationRef, ConversationStore,
         InstallState, RecordedActivity,
     },
+    reach::ReachStore,
     schedules::{ScheduleChange, ScheduleStore},
-    sent::{Remember, SentMessage, SentStore},
+    sent::{Remember, SentMessage, SentStore, Unread},
     status::{BeginSend, Cancel, JobStatus, Outcome, Stamp, StatusRecord, StatusStore},
     timers::{Claimed, PARTITIONS, TimerStore},
     users::{Profile, ProfileChange, UserStore},

@@ -98,7 +98,8 @@ impl SentStore {
         }
         if let Some(number) = unread_number {
             let unread = self.unread_key(conversation_id);
-            pipe.zadd(&unread, &message.notification_id, number)
+            let member = Unread::member(&message.notification_id, message.broadcast_id.as_deref());
+            pipe.zadd(&unread, member, number)
                 .ignore()
                 .pexpire(&unread, ttl_ms as i64)
                 .ignore();
@@ -132,12 +133,12 @@ impl SentStore {
     }
 
     /// The unread notifications of the conversation whose activity id is at most
-    /// `last_read`, with their activity ids.
+    /// `last_read`.
     pub async fn unread_up_to(
         &self,
         conversation_id: &str,
         last_read: u64,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<Unread>, StoreError> {
         let found: Vec<(String, u64)> = self
             .redis
             .conn()
@@ -145,24 +146,61 @@ impl SentStore {
             .await?;
         Ok(found
             .into_iter()
-            .map(|(notification, activity)| (notification, activity.to_string()))
+            .map(|(member, activity)| Unread::read(member, activity))
             .collect())
     }
 
-    /// Takes notifications out of the conversation's unread set (a receipt covered them).
+    /// Takes messages out of the conversation's unread set (a receipt covered them).
     pub async fn mark_read(
         &self,
         conversation_id: &str,
-        notification_ids: &[String],
+        read: &[Unread],
     ) -> Result<(), StoreError> {
-        if notification_ids.is_empty() {
+        if read.is_empty() {
             return Ok(());
         }
+        let members: Vec<&str> = read.iter().map(|u| u.member.as_str()).collect();
         let _: i64 = self
             .redis
             .conn()
-            .zrem(self.unread_key(conversation_id), notification_ids)
+            .zrem(self.unread_key(conversation_id), members)
             .await?;
         Ok(())
+    }
+}
+
+/// A delivered message no read receipt has covered yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unread {
+    pub notification_id: String,
+    pub activity_id: String,
+    /// The broadcast it is a recipient's message of, if it is one.
+    pub broadcast_id: Option<String>,
+    /// Its member of the unread set: the notification id, then the broadcast's after a space
+    /// (ids have no spaces).
+    member: String,
+}
+
+impl Unread {
+    fn member(notification_id: &str, broadcast_id: Option<&str>) -> String {
+        match broadcast_id {
+            Some(broadcast) => format!("{notification_id} {broadcast}"),
+            None => notification_id.to_owned(),
+        }
+    }
+
+    fn read(member: String, activity: u64) -> Self {
+        let (notification_id, broadcast_id) = match member.split_once(' ') {
+            Some((notification, broadcast)) => {
+                (notification.to_owned(), Some(broadcast.to_owned()))
+            }
+            None => (member.clone(), None),
+        };
+        Self {
+            notification_id,
+            activity_id: activity.to_string(),
+            broadcast_id,
+            member,
+        }
     }
 }

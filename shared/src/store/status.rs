@@ -96,6 +96,9 @@ pub struct StatusRecord {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     pub last_error: Option<String>,
+    /// The broadcast this notification is one recipient's message of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<String>,
     /// When a read receipt first covered the delivered message.
     #[serde(
         default,
@@ -112,6 +115,10 @@ pub struct StatusRecord {
     /// Where the message was delivered, for later edits and deletions.
     #[serde(skip)]
     pub service_url: Option<String>,
+    /// A failed job's every attempt failed for a reason that could pass (a broadcast's retry
+    /// sends it again); false for one Teams refused for good (gone, blocked).
+    #[serde(skip)]
+    pub failed_transiently: bool,
 }
 
 impl StatusRecord {
@@ -138,10 +145,12 @@ impl StatusRecord {
             created_at: now,
             updated_at: now,
             last_error: None,
+            broadcast_id: None,
             read_at: None,
             published: false,
             content_hash: None,
             service_url: None,
+            failed_transiently: false,
         }
     }
 
@@ -160,6 +169,9 @@ impl StatusRecord {
         }
         if let Some(hash) = &self.content_hash {
             fields.push(("contentHash", hash.clone()));
+        }
+        if let Some(broadcast) = &self.broadcast_id {
+            fields.push(("broadcastId", broadcast.clone()));
         }
         fields
     }
@@ -196,8 +208,10 @@ impl StatusRecord {
             conversation_id: h.remove("conversationId"),
             activity_id: h.remove("activityId"),
             last_error: h.remove("lastError"),
+            broadcast_id: h.remove("broadcastId"),
             content_hash: h.remove("contentHash"),
             service_url: h.remove("serviceUrl"),
+            failed_transiently: h.get("failedFor").is_some_and(|f| f == "transient"),
         })
     }
 }
@@ -246,6 +260,9 @@ pub enum Outcome {
     Failed {
         reason: String,
         conversation_id: Option<String>,
+        /// Every attempt failed for a reason that could pass (throttled, Teams busy or out of
+        /// reach), as opposed to one that will not (gone, blocked, refused).
+        transient: bool,
     },
     /// A transient failure; the job is due again at `next_attempt_at`.
     Retrying {
@@ -253,6 +270,8 @@ pub enum Outcome {
         next_attempt_at: OffsetDateTime,
     },
     Expired,
+    /// Never sent: its broadcast was cancelled first.
+    Cancelled,
 }
 
 /// Creates the record unless it exists; answers the existing record's fields, or nothing.
@@ -492,6 +511,12 @@ impl StatusStore {
         Ok(())
     }
 
+    /// The records of many jobs, in order (`None` for one never recorded). The reads are
+    /// sent at once: the multiplexed connection pipelines them.
+    pub async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<StatusRecord>>, StoreError> {
+        futures_util::future::try_join_all(ids.iter().map(|id| self.get(id))).await
+    }
+
     pub async fn get(&self, id: &str) -> Result<Option<StatusRecord>, StoreError> {
         let key = self.key(id);
         let hash: HashMap<String, String> = self.redis.conn().hgetall(&key).await?;
@@ -698,6 +723,7 @@ impl StatusStore {
             Outcome::Failed {
                 reason,
                 conversation_id,
+                transient,
             } => (
                 JobStatus::Failed,
                 vec![
@@ -705,6 +731,10 @@ impl StatusStore {
                     (
                         "conversationId",
                         conversation_id.clone().unwrap_or_default(),
+                    ),
+                    (
+                        "failedFor",
+                        if *transient { "transient" } else { "permanent" }.to_owned(),
                     ),
                 ],
             ),
@@ -719,6 +749,7 @@ impl StatusStore {
                 ],
             ),
             Outcome::Expired => (JobStatus::Expired, vec![]),
+            Outcome::Cancelled => (JobStatus::Cancelled, vec![]),
         };
         let mut cmd = FINISH.prepare_invoke();
         cmd.key(self.key(id))

@@ -10,14 +10,16 @@
 //!   [`LEASE`] into the future, so no other claimer takes it meanwhile, and if the claimer dies
 //!   before it has published, the message comes due again when the lease ends. Nothing is
 //!   lost to a SIGKILL; a message whose publish outlives its lease may be published twice,
-//!   which the dispatcher's send lease makes effectively once.
+//!   which the dispatcher's send lease makes effectively once. Each claim gets a token of its
+//!   own (a per-partition sequence), noted beside the timer.
 //! - [`TimerStore::release`] removes it once the broker has confirmed the publish, and only
-//!   if it is still the claimed one (parked again meanwhile, it stays);
-//!   [`TimerStore::put_back`] makes a claimed message due again at once when its publish
-//!   failed.
+//!   if the claim's token is still the timer's (parked again, put back or claimed by another
+//!   meanwhile, it stays); [`TimerStore::put_back`] makes a claimed message due again at once
+//!   when its publish failed.
 //!
-//! Timers are spread over [`PARTITIONS`] partitions by a stable hash of their id, each a pair
-//! of keys sharing a hash tag (`{ns}:timers:{p3}:due` and `…:parked`), so every script touches
+//! Timers are spread over [`PARTITIONS`] partitions by a stable hash of their id, each a few
+//! keys sharing a hash tag (`{ns}:timers:{p3}:due`, `…:parked`, `…:claims`, the token of each
+//! claimed timer's claim, and `…:claim-seq`, where tokens come from), so every script touches
 //! one Redis Cluster slot, the partitions spread over a cluster's masters, and replicas claim
 //! from different partitions side by side. A timer's id is its message's id: parking the same
 //! message again (a redelivered copy, a repeated submission) replaces it instead of adding one.
@@ -97,9 +99,9 @@ pub struct Claimed {
     /// How long after its due time it was claimed.
     pub lag: Duration,
     partition: u32,
-    /// The lease's end, which is also the claim's token: only the claim that set it may
-    /// release the timer.
-    lease_ends_ms: i64,
+    /// The claim's token: only while the timer still holds it may this claim release the
+    /// timer or put it back.
+    token: i64,
 }
 
 impl Claimed {
@@ -109,7 +111,8 @@ impl Claimed {
     }
 }
 
-/// KEYS: due set, parked hash. ARGV: id, delay ms, stored message.
+/// KEYS: due set, parked hash, claims hash. ARGV: id, delay ms, stored message. A timer
+/// parked again belongs to no claim: a claim publishing its older message cannot remove it.
 static PARK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -117,48 +120,53 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 return now + tonumber(ARGV[2])
 "#,
     )
 });
 
-/// KEYS: due set, parked hash. ARGV: lease ms, at most this many.
-/// Answers {now, {id, …}, {due, …}, {stored, …}}; a timer whose message is missing (only
-/// a hand-made change leaves one) is removed, as there is nothing to send.
+/// KEYS: due set, parked hash, claims hash, claim sequence. ARGV: lease ms, at most this many.
+/// Answers {now, {id, …}, {due, …}, {stored, …}, {token, …}}; a timer whose message is missing
+/// (only a hand-made change leaves one) is removed, as there is nothing to send.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-local ids, dues, stored = {}, {}, {}
+local ids, dues, stored, tokens = {}, {}, {}, {}
 local lease_end = now + tonumber(ARGV[1])
 for i = 1, #due, 2 do
   local id = due[i]
   local message = redis.call('HGET', KEYS[2], id)
   if message then
+    local token = redis.call('INCR', KEYS[4])
     redis.call('ZADD', KEYS[1], lease_end, id)
+    redis.call('HSET', KEYS[3], id, token)
     ids[#ids + 1] = id
     dues[#dues + 1] = due[i + 1]
     stored[#stored + 1] = message
+    tokens[#tokens + 1] = token
   else
     redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[3], id)
   end
 end
-return {now, ids, dues, stored}
+return {now, ids, dues, stored, tokens}
 "#,
     )
 });
 
-/// KEYS: due set, parked hash. ARGV: id, the claim's lease end. Removes the timer if it is
-/// still that claim's.
+/// KEYS: due set, parked hash, claims hash. ARGV: id, the claim's token. Removes the timer if
+/// it is still that claim's.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) == tonumber(ARGV[2]) then
+if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[2] then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
   return 1
 end
 return 0
@@ -166,15 +174,15 @@ return 0
     )
 });
 
-/// KEYS: due set. ARGV: id, the claim's lease end. Makes the timer due now if it is still that
-/// claim's.
+/// KEYS: due set, claims hash. ARGV: id, the claim's token. Makes the timer due now, and no
+/// claim's, if it is still that claim's.
 static PUT_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) == tonumber(ARGV[2]) then
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
   local t = redis.call('TIME')
   redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000, ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
   return 1
 end
 return 0
@@ -229,6 +237,7 @@ impl TimerStore {
         let due: i64 = PARK
             .key(&due_key)
             .key(self.parked_key(partition))
+            .key(self.key(partition, "claims"))
             .arg(&message.id)
             .arg(delay.as_millis() as u64)
             .arg(encode(message))
@@ -257,24 +266,27 @@ impl TimerStore {
     /// Claims up to `limit` due timers of `partition`, earliest first, leasing each (for
     /// [`LEASE`], unless the store was made with another).
     pub async fn claim(&self, partition: u32, limit: usize) -> Result<Vec<Claimed>, StoreError> {
-        let (now, ids, dues, stored): (i64, Vec<String>, Vec<f64>, Vec<Vec<u8>>) = CLAIM
+        type Answer = (i64, Vec<String>, Vec<f64>, Vec<Vec<u8>>, Vec<i64>);
+        let (now, ids, dues, stored, tokens): Answer = CLAIM
             .key(self.due_key(partition))
             .key(self.parked_key(partition))
+            .key(self.key(partition, "claims"))
+            .key(self.key(partition, "claim-seq"))
             .arg(self.lease.as_millis() as u64)
             .arg(limit)
             .invoke_async(&mut self.redis.conn())
             .await?;
-        let lease_ends_ms = now + self.lease.as_millis() as i64;
         Ok(ids
             .into_iter()
             .zip(dues)
             .zip(stored)
-            .map(|((id, due), stored)| Claimed {
+            .zip(tokens)
+            .map(|(((id, due), stored), token)| Claimed {
                 id,
                 stored,
                 lag: Duration::from_millis((now as f64 - due).max(0.0) as u64),
                 partition,
-                lease_ends_ms,
+                token,
             })
             .collect())
     }
@@ -285,8 +297,9 @@ impl TimerStore {
         let removed: i32 = RELEASE
             .key(self.due_key(claimed.partition))
             .key(self.parked_key(claimed.partition))
+            .key(self.key(claimed.partition, "claims"))
             .arg(&claimed.id)
-            .arg(claimed.lease_ends_ms)
+            .arg(claimed.token)
             .invoke_async(&mut self.redis.conn())
             .await?;
         Ok(removed == 1)
@@ -296,8 +309,9 @@ impl TimerStore {
     pub async fn put_back(&self, claimed: &Claimed) -> Result<(), StoreError> {
         let _: i32 = PUT_BACK
             .key(self.due_key(claimed.partition))
+            .key(self.key(claimed.partition, "claims"))
             .arg(&claimed.id)
-            .arg(claimed.lease_ends_ms)
+            .arg(claimed.token)
             .invoke_async(&mut self.redis.conn())
             .await?;
         Ok(())
@@ -320,6 +334,8 @@ impl TimerStore {
             pipe.zrem(self.due_key(partition), id)
                 .ignore()
                 .hdel(self.parked_key(partition), id)
+                .ignore()
+                .hdel(self.key(partition, "claims"), id)
                 .ignore();
         }
         let () = pipe.query_async(&mut self.redis.conn()).await?;
@@ -356,16 +372,17 @@ impl TimerStore {
     }
 
     fn due_key(&self, partition: u32) -> String {
-        format!(
-            "{}:{}:{{p{partition}}}:due",
-            self.redis.namespace(),
-            self.family
-        )
+        self.key(partition, "due")
     }
 
     fn parked_key(&self, partition: u32) -> String {
+        self.key(partition, "parked")
+    }
+
+    /// `{ns}:{family}:{p<partition>}:<name>`: a partition's keys share a hash tag.
+    fn key(&self, partition: u32, name: &str) -> String {
         format!(
-            "{}:{}:{{p{partition}}}:parked",
+            "{}:{}:{{p{partition}}}:{name}",
             self.redis.namespace(),
             self.family
         )

@@ -1,19 +1,45 @@
 //! What "Teams" knows: users, teams, conversations, and the activities the bot sent into them.
 //!
-//! Ids are derived deterministically (like Teams, where a user's `29:` id and their personal
-//! chat with a bot never change), so a test can compute a conversation id before the user
-//! installs, and a reinstall lands in the same conversation.
+//! Ids are derived deterministically (see `ids`), so a test can compute a conversation id
+//! before the user installs, and a reinstall lands in the same conversation. Users generated
+//! by the thousand (see `population`) are known without being stored: a lookup that misses
+//! the stored users tries the generated sets.
+//!
+//! - `rosters`: teams, their members and generated rosters, and tenants' generated users;
+//! - `tenants`: what Graph serves: tenants' directories (users, groups), app catalogs,
+//!   permissions, and how each user came to have the app;
+//! - `kept`: the activities kept per conversation (bounded) and the exact counts; `stored`:
+//!   the compact form they are kept in.
 
-use std::collections::{HashMap, HashSet};
+mod kept;
+mod rosters;
+mod stored;
+mod tenants;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
 use crate::error::ConnectorError;
+use crate::ids::{self, UserKey};
+use crate::retention::{Kept, Limits, Retention};
+
+pub(crate) use kept::ConversationFilter;
+pub use kept::ReceivedCounts;
+pub(crate) use rosters::{Roster, RosterMember};
+pub(crate) use stored::StoredActivity;
+use stored::StoredInbound;
+pub(crate) use tenants::{
+    APP_NAME, Entry, GraphInstall, InstalledApp, Listing, open_installation_id,
+};
+pub use tenants::{
+    AppInstallation, CatalogApp, DirectoryGroup, DirectoryUser, DistributionMethod, GeneratedRange,
+    GraphPermission, GroupMember, InstallSource, UserType,
+};
 
 /// A Teams user: a person in a tenant, known by their Entra object id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -172,16 +198,19 @@ impl ConversationKind {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Conversation {
-    pub(crate) id: String,
+    pub(crate) id: Arc<str>,
     pub(crate) tenant_id: String,
     pub(crate) kind: ConversationKind,
     /// Whether the bot is in the roster (threads defer to their channel).
     pub(crate) bot_member: bool,
     /// Creation order, for listings.
     pub(crate) seq: u64,
-    pub(crate) activities: Vec<ReceivedActivity>,
-    /// What "Teams" posted to the bot here, for transcripts.
-    pub(crate) inbound: Vec<InboundActivity>,
+    /// What the bot sent here: the last few (see `retention`).
+    pub(crate) activities: Kept<StoredActivity>,
+    /// What "Teams" posted to the bot here, for transcripts: the last few.
+    inbound: Kept<StoredInbound>,
+    /// Every activity the bot sent here that Teams accepted, kept or not.
+    pub(crate) received: u64,
 }
 
 /// An activity "Teams" posted to the bot, and the bot's answer.
@@ -194,89 +223,30 @@ pub(crate) struct InboundActivity {
     pub(crate) status: u16,
 }
 
-#[derive(Debug, Clone)]
-struct TeamEntry {
-    bot_installed: bool,
-    /// Object ids of the users seen acting in the team.
-    members: HashSet<String>,
-}
-
-/// A summary of one conversation for the inspection API.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ConversationSummary {
-    pub(crate) id: String,
-    pub(crate) tenant_id: String,
-    pub(crate) kind: &'static str,
-    pub(crate) bot_installed: bool,
-    pub(crate) user: Option<TeamsUser>,
-    pub(crate) activity_count: usize,
-}
-
 /// Tenants, users, teams and conversations.
 #[derive(Debug)]
 pub(crate) struct Directory {
     app_id: String,
-    /// Keyed by (tenant, object id), both lower-cased.
-    users: HashMap<(String, String), TeamsUser>,
+    /// The users seen or added one by one (generated ones are computed, see `rosters`).
+    users: HashMap<UserKey, TeamsUser>,
     /// Keyed by team id (`19:…@thread.tacv2`).
-    teams: HashMap<String, TeamEntry>,
-    conversations: HashMap<String, Conversation>,
+    teams: HashMap<String, rosters::TeamEntry>,
+    /// Generated sets of users, by the object-id prefix they share.
+    generated: HashMap<String, rosters::Generated>,
+    conversations: HashMap<Arc<str>, Conversation>,
     next_seq: u64,
-}
-
-/// A base64url digest of `parts`, `len` characters long, for ids that look like Teams' own.
-fn digest_id(parts: &[&str], len: usize) -> String {
-    let mut out = String::new();
-    let mut round = 0u32;
-    while out.len() < len {
-        let mut hasher = Sha256::new();
-        for part in parts {
-            hasher.update(part.to_ascii_lowercase().as_bytes());
-            hasher.update([0u8]);
-        }
-        hasher.update(round.to_be_bytes());
-        out.push_str(&URL_SAFE_NO_PAD.encode(hasher.finalize()));
-        round += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-/// The user's `29:` id, which (like Teams' pairwise ids) is specific to the bot.
-pub(crate) fn user_id(app_id: &str, tenant_id: &str, aad_object_id: &str) -> String {
-    format!(
-        "29:1{}",
-        digest_id(&["user", app_id, tenant_id, aad_object_id], 85)
-    )
-}
-
-/// The id of the user's personal chat with the bot.
-pub(crate) fn personal_conversation_id(
-    app_id: &str,
-    tenant_id: &str,
-    aad_object_id: &str,
-) -> String {
-    format!(
-        "a:1{}",
-        digest_id(&["personal", app_id, tenant_id, aad_object_id], 130)
-    )
-}
-
-/// The team's id, which is also its General channel's id.
-pub(crate) fn team_id(tenant_id: &str, aad_group_id: &str) -> String {
-    let hex: String = Sha256::digest(
-        format!(
-            "team\0{}\0{}",
-            tenant_id.to_ascii_lowercase(),
-            aad_group_id.to_ascii_lowercase()
-        )
-        .as_bytes(),
-    )[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    format!("19:{hex}@thread.tacv2")
+    retention: Retention,
+    /// Tenants' directories as Graph serves them, by lower-case tenant id.
+    tenants: HashMap<String, tenants::TenantDirectory>,
+    /// How users came to have the app (see `tenants`).
+    installs: HashMap<UserKey, tenants::InstallRecord>,
+    /// The object-id prefixes of each tenant's generated sets (by lower-case tenant id), in
+    /// the order they were made.
+    sets_by_tenant: HashMap<String, Vec<String>>,
+    /// The bot's app's manifest id.
+    manifest_id: String,
+    /// Whether every tenant's catalog has the bot's app from the start.
+    app_in_every_catalog: bool,
 }
 
 /// A string field of a JSON value, by path.
@@ -302,14 +272,26 @@ fn lists_bot(activity: &Value, field: &str, bot_id: &str) -> bool {
 }
 
 impl Directory {
-    pub(crate) fn new(app_id: &str) -> Self {
+    pub(crate) fn new(app_id: &str, limits: Limits) -> Self {
         Directory {
             app_id: app_id.to_owned(),
             users: HashMap::new(),
             teams: HashMap::new(),
+            generated: HashMap::new(),
             conversations: HashMap::new(),
             next_seq: 0,
+            retention: Retention::new(limits),
+            tenants: HashMap::new(),
+            installs: HashMap::new(),
+            sets_by_tenant: HashMap::new(),
+            manifest_id: app_id.to_owned(),
+            app_in_every_catalog: false,
         }
+    }
+
+    /// The id Teams stores a conversation under (see `ids::canonical_conversation_id`).
+    pub(crate) fn canonical_conversation_id<'a>(&self, id: &'a str) -> Cow<'a, str> {
+        ids::canonical_conversation_id(&self.app_id, id)
     }
 
     pub(crate) fn bot_id(&self) -> String {
@@ -317,19 +299,16 @@ impl Directory {
     }
 
     pub(crate) fn user_id(&self, user: &TeamsUser) -> String {
-        user_id(&self.app_id, &user.tenant_id, &user.aad_object_id)
+        ids::user_id(&self.app_id, &user.tenant_id, &user.aad_object_id)
     }
 
     pub(crate) fn personal_conversation_id(&self, user: &TeamsUser) -> String {
-        personal_conversation_id(&self.app_id, &user.tenant_id, &user.aad_object_id)
+        ids::personal_conversation_id(&self.app_id, &user.tenant_id, &user.aad_object_id)
     }
 
     /// Records a user (keeping the latest name).
     pub(crate) fn register_user(&mut self, user: &TeamsUser) {
-        let key = (
-            user.tenant_id.to_ascii_lowercase(),
-            user.aad_object_id.to_ascii_lowercase(),
-        );
+        let key = UserKey::new(&user.tenant_id, &user.aad_object_id);
         self.users.insert(key, user.clone());
     }
 
@@ -342,65 +321,40 @@ impl Directory {
         bot_member: bool,
     ) -> &mut Conversation {
         let seq = &mut self.next_seq;
-        self.conversations.entry(id.to_owned()).or_insert_with(|| {
-            *seq += 1;
-            Conversation {
-                id: id.to_owned(),
-                tenant_id: tenant_id.to_owned(),
-                kind,
-                bot_member,
-                seq: *seq,
-                activities: Vec::new(),
-                inbound: Vec::new(),
-            }
-        })
+        self.conversations
+            .entry(Arc::from(id))
+            .or_insert_with_key(|key| {
+                *seq += 1;
+                Conversation {
+                    id: key.clone(),
+                    tenant_id: tenant_id.to_owned(),
+                    kind,
+                    bot_member,
+                    seq: *seq,
+                    activities: Kept::default(),
+                    inbound: Kept::default(),
+                    received: 0,
+                }
+            })
     }
 
-    /// Registers the user and their personal conversation (the bot not yet in it unless it
-    /// already was): Teams knows a user's chat before any install event is delivered.
+    /// Registers the user and their personal conversation: Teams knows a user's chat before
+    /// any install event is delivered. The bot is in it if it already was, or if the user is
+    /// one of a tenant's generated users, who all have the app.
     pub(crate) fn register_personal(&mut self, user: &TeamsUser) -> String {
         self.register_user(user);
         let id = self.personal_conversation_id(user);
+        let installed =
+            self.installed_by_default(&UserKey::new(&user.tenant_id, &user.aad_object_id));
         self.ensure_conversation(
             &id,
             &user.tenant_id,
             ConversationKind::Personal {
                 aad_object_id: user.aad_object_id.clone(),
             },
-            false,
+            installed,
         );
         id
-    }
-
-    /// Registers a team and its General channel.
-    pub(crate) fn register_team(&mut self, team: &TeamsTeam) -> String {
-        let id = team_id(&team.tenant_id, &team.aad_group_id);
-        self.teams.entry(id.clone()).or_insert_with(|| TeamEntry {
-            bot_installed: false,
-            members: HashSet::new(),
-        });
-        self.ensure_conversation(
-            &id,
-            &team.tenant_id,
-            ConversationKind::Channel {
-                team_id: id.clone(),
-            },
-            false,
-        );
-        id
-    }
-
-    /// Makes a user a member of a registered team.
-    pub(crate) fn add_team_member(&mut self, team: &TeamsTeam, user: &TeamsUser) {
-        self.register_user(user);
-        if let Some(entry) = self
-            .teams
-            .get_mut(&team_id(&team.tenant_id, &team.aad_group_id))
-        {
-            entry
-                .members
-                .insert(user.aad_object_id.to_ascii_lowercase());
-        }
     }
 
     /// Takes note of an activity "Teams" sends to the bot: whoever and whatever it mentions
@@ -426,17 +380,14 @@ impl Directory {
             )
         });
         if let Some(user) = &user {
-            let known_name = self
-                .users
-                .get(&(
-                    tenant_id.to_ascii_lowercase(),
-                    user.aad_object_id.to_ascii_lowercase(),
-                ))
-                .map(|known| known.name.clone());
             // Install events carry no name; keep the one we had.
             let mut user = user.clone();
             if user.name.is_empty() {
-                user.name = known_name.unwrap_or_default();
+                let key = UserKey::new(tenant_id, &user.aad_object_id);
+                user.name = self
+                    .user_by_key(&key)
+                    .map(|known| known.name)
+                    .unwrap_or_default();
             }
             self.register_user(&user);
         }
@@ -459,14 +410,9 @@ impl Directory {
                 let team = str_at(activity, &["channelData", "team", "id"])
                     .unwrap_or(conversation_id)
                     .to_owned();
-                let entry = self.teams.entry(team.clone()).or_insert_with(|| TeamEntry {
-                    bot_installed: false,
-                    members: HashSet::new(),
-                });
+                let entry = self.team_entry(&team, tenant_id);
                 if let Some(user) = &user {
-                    entry
-                        .members
-                        .insert(user.aad_object_id.to_ascii_lowercase());
+                    entry.add_member(&user.aad_object_id);
                 }
                 if let Some(installed) = membership {
                     entry.bot_installed = installed;
@@ -511,37 +457,40 @@ impl Directory {
                     },
                     _ => ConversationKind::Group,
                 };
+                let installed = match &kind {
+                    ConversationKind::Personal { aad_object_id } => {
+                        self.installed_by_default(&UserKey::new(tenant_id, aad_object_id))
+                    }
+                    _ => false,
+                };
+                let personal = match &kind {
+                    ConversationKind::Personal { aad_object_id } => {
+                        Some(UserKey::new(tenant_id, aad_object_id))
+                    }
+                    _ => None,
+                };
                 let conversation =
-                    self.ensure_conversation(conversation_id, tenant_id, kind, false);
+                    self.ensure_conversation(conversation_id, tenant_id, kind, installed);
                 if let Some(member) = membership {
                     conversation.bot_member = member;
+                    if let Some(key) = personal {
+                        self.note_install(key, member);
+                    }
                 }
             }
         }
     }
 
-    /// The conversation a Bot Connector call addresses, made known if it is a thread of a
-    /// known channel (the bot may reply under any channel post).
+    /// The conversation a Bot Connector call addresses. Made known if it is a thread of a
+    /// known channel (the bot may reply under any channel post), or the personal chat of a
+    /// generated user who has the app (their chats exist without having been stored).
     pub(crate) fn conversation_mut(
         &mut self,
         id: &str,
     ) -> Result<&mut Conversation, ConnectorError> {
         if !self.conversations.contains_key(id) {
-            let Some((channel, _)) = id.split_once(";messageid=") else {
-                return Err(ConnectorError::ConversationNotFound(id.to_owned()));
-            };
-            let Some(parent) = self.conversations.get(channel) else {
-                return Err(ConnectorError::ConversationNotFound(id.to_owned()));
-            };
-            let tenant = parent.tenant_id.clone();
-            self.ensure_conversation(
-                id,
-                &tenant,
-                ConversationKind::Thread {
-                    channel_id: channel.to_owned(),
-                },
-                false,
-            );
+            self.discover(id)
+                .ok_or_else(|| ConnectorError::ConversationNotFound(id.to_owned()))?;
         }
         let in_roster = self.bot_in_roster(id);
         let conversation = self
@@ -552,6 +501,36 @@ impl Directory {
         Ok(conversation)
     }
 
+    /// Stores a conversation Teams has without the emulator having stored it yet.
+    fn discover(&mut self, id: &str) -> Option<()> {
+        if let Some((channel, _)) = id.split_once(";messageid=") {
+            let tenant = self.conversations.get(channel)?.tenant_id.clone();
+            self.ensure_conversation(
+                id,
+                &tenant,
+                ConversationKind::Thread {
+                    channel_id: channel.to_owned(),
+                },
+                false,
+            );
+            return Some(());
+        }
+        let key = ids::open_personal_conversation_id(&self.app_id, id)?;
+        if !self.installed_by_default(&key) {
+            return None;
+        }
+        let user = self.user_by_key(&key)?;
+        self.ensure_conversation(
+            id,
+            &user.tenant_id,
+            ConversationKind::Personal {
+                aad_object_id: user.aad_object_id,
+            },
+            true,
+        );
+        Some(())
+    }
+
     /// Whether the bot may write to the conversation (threads follow their channel).
     fn bot_in_roster(&self, id: &str) -> bool {
         match self.conversations.get(id) {
@@ -560,66 +539,73 @@ impl Directory {
                 ..
             }) => self
                 .conversations
-                .get(channel_id)
+                .get(channel_id.as_str())
                 .is_some_and(|channel| channel.bot_member),
             Some(conversation) => conversation.bot_member,
             None => false,
         }
     }
 
-    /// The tenant a conversation belongs to, if known.
+    /// The tenant a conversation belongs to, if known (a personal chat's id tells it).
     pub(crate) fn tenant_of(&self, id: &str) -> Option<String> {
         if let Some(conversation) = self.conversations.get(id) {
             return Some(conversation.tenant_id.clone());
         }
-        let (channel, _) = id.split_once(";messageid=")?;
-        self.conversations
-            .get(channel)
-            .map(|conversation| conversation.tenant_id.clone())
+        if let Some((channel, _)) = id.split_once(";messageid=") {
+            return self
+                .conversations
+                .get(channel)
+                .map(|conversation| conversation.tenant_id.clone());
+        }
+        ids::open_personal_conversation_id(&self.app_id, id).map(|key| key.tenant_id)
+    }
+
+    /// The user with this key: stored, generated, or added to their tenant's directory.
+    fn user_by_key(&self, key: &UserKey) -> Option<TeamsUser> {
+        self.users
+            .get(key)
+            .cloned()
+            .or_else(|| self.generated_user(key))
+            .or_else(|| {
+                self.stored_directory_user(key)
+                    .map(DirectoryUser::teams_user)
+            })
     }
 
     /// Finds a user of `tenant_id` by object id or by `29:` id.
     pub(crate) fn find_user(&self, tenant_id: &str, member_id: &str) -> Option<TeamsUser> {
-        let tenant = tenant_id.to_ascii_lowercase();
-        if member_id.starts_with("29:") {
-            return self
-                .users
-                .iter()
-                .filter(|((user_tenant, _), _)| *user_tenant == tenant)
-                .map(|(_, user)| user)
-                .find(|user| self.user_id(user) == member_id)
-                .cloned();
-        }
-        self.users
-            .get(&(tenant, member_id.to_ascii_lowercase()))
-            .cloned()
+        let key = if member_id.starts_with("29:") {
+            let key = ids::open_user_id(&self.app_id, member_id)?;
+            if !key.tenant_id.eq_ignore_ascii_case(tenant_id) {
+                return None;
+            }
+            key
+        } else {
+            UserKey::new(tenant_id, member_id)
+        };
+        self.user_by_key(&key)
     }
 
     /// Creates (or finds) the personal conversation of the bot with a user, as
     /// `POST v3/conversations` does. The bot may open it when the user installed the app, or
     /// when the user is in a team the bot is installed in (Teams' documented proactive path).
+    /// Anyone else — including an id Teams does not know, which Teams cannot tell apart from
+    /// a user out of the bot's reach — is refused with 403 `BotNotInConversationRoster`.
     pub(crate) fn create_personal(
         &mut self,
         tenant_id: &str,
         member_id: &str,
     ) -> Result<String, ConnectorError> {
-        let user =
-            self.find_user(tenant_id, member_id)
-                .ok_or_else(|| ConnectorError::UserNotFound {
-                    member: member_id.to_owned(),
-                    tenant: tenant_id.to_owned(),
-                })?;
+        let user = self
+            .find_user(tenant_id, member_id)
+            .ok_or(ConnectorError::BotNotInConversationRoster)?;
         let id = self.personal_conversation_id(&user);
-        let installed = self
-            .conversations
-            .get(&id)
-            .is_some_and(|conversation| conversation.bot_member);
-        let aad = user.aad_object_id.to_ascii_lowercase();
-        let via_team = self
-            .teams
-            .values()
-            .any(|team| team.bot_installed && team.members.contains(&aad));
-        if !installed && !via_team {
+        let key = UserKey::new(&user.tenant_id, &user.aad_object_id);
+        let installed = match self.conversations.get(id.as_str()) {
+            Some(conversation) => conversation.bot_member,
+            None => self.installed_by_default(&key),
+        };
+        if !installed && !self.in_team_with_bot(&key) {
             return Err(ConnectorError::BotNotInConversationRoster);
         }
         let conversation = self.ensure_conversation(
@@ -664,7 +650,7 @@ impl Directory {
     /// Whether the user's personal chat with the bot is known (the user acted in Teams).
     pub(crate) fn knows_personal(&self, user: &TeamsUser) -> bool {
         self.conversations
-            .contains_key(&self.personal_conversation_id(user))
+            .contains_key(self.personal_conversation_id(user).as_str())
     }
 
     /// A message the bot sent to the user's personal chat, unless deleted.
@@ -672,55 +658,13 @@ impl Directory {
         &mut self,
         user: &TeamsUser,
         activity_id: &str,
-    ) -> Option<&mut ReceivedActivity> {
+    ) -> Option<&mut StoredActivity> {
         let id = self.personal_conversation_id(user);
         self.conversations
-            .get_mut(&id)?
+            .get_mut(id.as_str())?
             .activities
             .iter_mut()
             .find(|stored| stored.id == activity_id && !stored.deleted)
-    }
-
-    pub(crate) fn activities(&self, conversation_id: &str) -> Vec<ReceivedActivity> {
-        self.conversations
-            .get(conversation_id)
-            .map(|conversation| conversation.activities.clone())
-            .unwrap_or_default()
-    }
-
-    /// Records what "Teams" posted to the bot in a known conversation.
-    pub(crate) fn record_inbound(&mut self, conversation_id: &str, inbound: InboundActivity) {
-        if let Some(conversation) = self.conversations.get_mut(conversation_id) {
-            conversation.inbound.push(inbound);
-        }
-    }
-
-    pub(crate) fn inbound(&self, conversation_id: &str) -> Vec<InboundActivity> {
-        self.conversations
-            .get(conversation_id)
-            .map(|conversation| conversation.inbound.clone())
-            .unwrap_or_default()
-    }
-
-    pub(crate) fn summaries(&self) -> Vec<ConversationSummary> {
-        let mut conversations: Vec<&Conversation> = self.conversations.values().collect();
-        conversations.sort_by_key(|conversation| conversation.seq);
-        conversations
-            .into_iter()
-            .map(|conversation| ConversationSummary {
-                id: conversation.id.clone(),
-                tenant_id: conversation.tenant_id.clone(),
-                kind: conversation.kind.label(),
-                bot_installed: self.bot_in_roster(&conversation.id),
-                user: match &conversation.kind {
-                    ConversationKind::Personal { aad_object_id } => {
-                        self.find_user(&conversation.tenant_id, aad_object_id)
-                    }
-                    _ => None,
-                },
-                activity_count: conversation.activities.len(),
-            })
-            .collect()
     }
 }
 
@@ -729,24 +673,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn ids_are_stable_and_shaped_like_teams_ids() {
-        let a = personal_conversation_id("app", "T", "U");
-        assert_eq!(a, personal_conversation_id("app", "t", "u"));
-        assert!(a.starts_with("a:1") && a.len() == 133, "{a}");
-        assert_ne!(a, personal_conversation_id("other-app", "t", "u"));
-        let id = user_id("app", "t", "u");
-        assert!(id.starts_with("29:1") && id.len() == 89, "{id}");
-        let team = team_id("t", "g");
-        assert!(
-            team.starts_with("19:") && team.ends_with("@thread.tacv2"),
-            "{team}"
-        );
+    fn directory() -> Directory {
+        Directory::new(
+            "app",
+            Limits {
+                per_conversation: 100,
+                total: 1000,
+            },
+        )
     }
 
     #[test]
     fn install_and_uninstall_events_change_the_roster() {
-        let mut directory = Directory::new("app");
+        let mut directory = directory();
         let user = TeamsUser::new("t", "u", "Ann");
         let id = directory.register_personal(&user);
         assert!(!directory.conversation_mut(&id).unwrap().bot_member);
@@ -765,9 +704,22 @@ mod tests {
             directory.create_personal("t", "u"),
             Err(ConnectorError::BotNotInConversationRoster)
         ));
+        // Someone Teams never heard of gets the same answer: Teams does not say who exists.
         assert!(matches!(
             directory.create_personal("t", "nobody"),
-            Err(ConnectorError::UserNotFound { .. })
+            Err(ConnectorError::BotNotInConversationRoster)
         ));
+    }
+
+    #[test]
+    fn users_are_found_by_object_id_or_by_their_29_id_in_their_tenant_only() {
+        let mut directory = directory();
+        let user = TeamsUser::new("T", "U", "Ann");
+        directory.register_user(&user);
+        let id = directory.user_id(&user);
+        assert_eq!(directory.find_user("t", &id), Some(user.clone()));
+        assert_eq!(directory.find_user("t", "u"), Some(user));
+        assert_eq!(directory.find_user("other", &id), None);
+        assert_eq!(directory.find_user("t", "29:1unknown"), None);
     }
 }
