@@ -474,8 +474,8 @@ async fn an_event_whose_publisher_died_after_the_change_still_arrives_and_one_be
         .await;
     assert_eq!(relayed["subject"], "outbox-recorded");
     assert_eq!(relayed["type"], "herald.notification.cancelled");
-    let event: CloudEvent = serde_json::from_value(relayed).unwrap();
-    assert_eq!(event.data["status"], "cancelled");
+    let event: CloudEvent = serde_json::from_str(&relayed.to_string()).unwrap();
+    assert_eq!(event.data_as::<Value>().unwrap()["status"], "cancelled");
     // The unrecorded one is dropped, not published.
     let more = tokio::time::timeout(Duration::from_secs(3), consumer.lines.next_line()).await;
     assert!(
@@ -488,6 +488,64 @@ async fn an_event_whose_publisher_died_after_the_change_still_arrives_and_one_be
         || async { events.outbox().waiting().await.unwrap() == 0 },
     )
     .await;
+    stop.cancel();
+}
+
+/// Events that work waits on go out in batches: many asked for at once are each confirmed
+/// and each arrive once; one asked for before the batching task runs, or after it stopped, is
+/// published on its own instead of waiting for a batch that never comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn confirmed_events_go_out_in_batches_and_on_their_own_when_no_batch_runs() {
+    let namespace = fresh_namespace();
+    let _guard = NamespaceGuard::new(&namespace);
+    let ns: Namespace = namespace.parse().unwrap();
+    let stop = CancellationToken::new();
+    let broker = broker_link(&amqp_url(), &namespace, &stop).await;
+    let redis = Redis::new(&redis_url().parse::<RedisTarget>().unwrap(), ns).unwrap();
+    let events = Events::new(Publisher::new(broker.clone()), redis);
+    let mut consumer = event_consumer(&namespace, "batches-test", &[]).await;
+    let event = |n: usize| {
+        CloudEvent::new(
+            events.source(),
+            EventType::NotificationDelivered,
+            &format!("batched-{n}"),
+            &format!("batched-{n}"),
+            &json!({"n": n}),
+            time::OffsetDateTime::now_utc(),
+        )
+    };
+    let published_within = |event: CloudEvent, within: Duration| {
+        let events = events.clone();
+        async move {
+            tokio::time::timeout(within, events.publish_unnoted(&event))
+                .await
+                .expect("the publish did not wait for a batch")
+                .expect("the event is confirmed")
+        }
+    };
+
+    published_within(event(0), Duration::from_secs(5)).await;
+    let running = stop.child_token();
+    tokio::spawn(events.clone().run(running.clone()));
+    futures_util::future::join_all(
+        (1..=300).map(|n| published_within(event(n), Duration::from_secs(10))),
+    )
+    .await;
+    running.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    published_within(event(301), Duration::from_secs(5)).await;
+
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..=301 {
+        let told = consumer.next(Duration::from_secs(10)).await;
+        assert!(
+            seen.insert(told["subject"].as_str().unwrap().to_owned()),
+            "{told} twice"
+        );
+    }
+    let expected: std::collections::BTreeSet<String> =
+        (0..=301).map(|n| format!("batched-{n}")).collect();
+    assert_eq!(seen, expected);
     stop.cancel();
 }
 

@@ -8,11 +8,13 @@
 //! - This file: the envelope ([`CloudEvent`]), the types ([`EventType`]) and each type's
 //!   `data` (the JSON Schemas in `schemas/events/` describe the same shapes).
 //! - [`outbox`]: getting an event out even when the process dies right after the change.
+//! - `batches`: publishing together the events that work waits on.
 
+mod batches;
 pub mod outbox;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Value, value::RawValue};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -80,7 +82,7 @@ pub fn event_id(kind: EventType, of: &str) -> String {
 }
 
 /// A CloudEvent in JSON structured mode.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CloudEvent {
     pub specversion: String,
     pub id: String,
@@ -94,7 +96,10 @@ pub struct CloudEvent {
     /// (the conversation id when the activity names no user).
     pub subject: String,
     pub datacontenttype: String,
-    pub data: Value,
+    /// The type's `data`, as the JSON it was written as: an event is built to be serialized
+    /// once, and this keeps its `data` from being built as a tree first (one event per
+    /// delivered job makes that matter). [`CloudEvent::data_as`] reads it.
+    pub data: Box<RawValue>,
 }
 
 impl CloudEvent {
@@ -115,8 +120,13 @@ impl CloudEvent {
             time,
             subject: subject.into(),
             datacontenttype: "application/json".into(),
-            data: serde_json::to_value(data).expect("event data always serializes"),
+            data: serde_json::value::to_raw_value(data).expect("event data always serializes"),
         }
+    }
+
+    /// The event's `data` as a `T` (a [`Value`] to look into it).
+    pub fn data_as<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(self.data.get())
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::CloudEvent;
+use super::{CloudEvent, batches::Batches};
 use crate::{
     amqp::{DispatchMessage, PublishError, Publisher, headers},
     error::Chain,
@@ -71,6 +71,7 @@ pub struct Events {
     source: String,
     soon: mpsc::Sender<CloudEvent>,
     queued: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<CloudEvent>>>,
+    batches: Batches,
 }
 
 impl Events {
@@ -83,6 +84,7 @@ impl Events {
             redis,
             soon,
             queued: std::sync::Arc::new(tokio::sync::Mutex::new(queued)),
+            batches: Batches::new(),
         }
     }
 
@@ -140,14 +142,25 @@ impl Events {
         Ok(())
     }
 
-    /// Publishes an event that was never noted, now, confirmed: for work that is itself
-    /// redone until it is acknowledged (the dispatcher acks a job only after its event is
-    /// confirmed, and a redelivered copy tells it again), so it needs no outbox.
+    /// Publishes an event that was never noted, confirmed, with the others asked for at about
+    /// the same time (see [`super::batches`]): for work that is itself redone until it is
+    /// acknowledged (the dispatcher acks a job only after its event is confirmed, and a
+    /// redelivered copy tells it again), so it needs no outbox.
     pub async fn publish_unnoted(&self, event: &CloudEvent) -> Result<(), PublishError> {
+        if let Some(outcome) = self.batches.join(&event.kind, &event.id, event.to_json())
+            && let Ok(outcome) = outcome.await
+        {
+            return outcome;
+        }
         self.publish(&event.kind, &event.id, &event.to_json()).await
     }
 
-    async fn publish(&self, kind: &str, id: &str, body: &[u8]) -> Result<(), PublishError> {
+    pub(super) async fn publish(
+        &self,
+        kind: &str,
+        id: &str,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
         let properties = BasicProperties::default()
             .with_type(ShortString::from(kind))
             .with_content_type(ShortString::from("application/cloudevents+json"))
@@ -160,9 +173,14 @@ impl Events {
             .await
     }
 
-    /// Runs the background publisher and the relay until `stop`.
+    /// Runs the background publisher, the batches of confirmed publishes and the relay until
+    /// `stop`.
     pub async fn run(self, stop: CancellationToken) {
-        tokio::join!(self.publish_queued(stop.clone()), self.relay(stop));
+        tokio::join!(
+            self.publish_queued(stop.clone()),
+            self.batches.run(&self, stop.clone()),
+            self.relay(stop)
+        );
     }
 
     async fn publish_queued(&self, stop: CancellationToken) {
