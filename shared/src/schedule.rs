@@ -253,12 +253,13 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// The zone `recipient` names for this schedule: the user's, for a user target.
+    /// The zone `recipient` names for this schedule: the user's, for a user target (named by
+    /// object id, or by a name Herald has resolved).
     pub async fn recipient_zone(&self, schedule: &Schedule) -> Result<Zone, StoreError> {
-        match (&schedule.to, schedule.recurrence.zone) {
-            (Target::User(user), ZoneChoice::Recipient) => Ok(self
+        match schedule.recurrence.zone {
+            ZoneChoice::Recipient => Ok(self
                 .users
-                .clock(&user.tenant_id, &user.aad_object_id, self.default_time_zone)
+                .recipient_clock(&schedule.to, self.default_time_zone)
                 .await?
                 .zone),
             _ => Ok(self.default_time_zone),

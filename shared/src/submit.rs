@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::{
     amqp::{DispatchMessage, headers},
     calendar::{RecipientClock, Zone},
-    job::{Job, Target, Timing},
+    job::{Job, Timing},
     store::{StatusRecord, StatusStore, StoreError, UserStore},
     timers::{DispatchQueue, QueueError},
 };
@@ -120,13 +120,12 @@ impl Enqueuer {
         if job.timing == Timing::default() {
             return Ok(job.deliver_at);
         }
-        let clock = match &job.to {
-            Target::User(user) if job.timing.needs_recipient_zone() => {
-                self.users
-                    .clock(&user.tenant_id, &user.aad_object_id, self.default_time_zone)
-                    .await?
-            }
-            _ => RecipientClock::in_zone(self.default_time_zone),
+        let clock = if job.timing.needs_recipient_zone() {
+            self.users
+                .recipient_clock(&job.to, self.default_time_zone)
+                .await?
+        } else {
+            RecipientClock::in_zone(self.default_time_zone)
         };
         Ok(match job.send_time(now, &clock) {
             Ok(at) if at > now => Some(at),

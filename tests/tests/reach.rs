@@ -145,6 +145,43 @@ async fn a_newcomer_named_by_sign_in_name_gets_the_app_and_one_message_then_is_r
     stack.stop().await;
 }
 
+/// Once her name is resolved, a job that names her by it keeps her clock: the quiet hours
+/// stored under her object id hold it, as they hold one that names her by that id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_named_by_sign_in_name_keeps_the_quiet_hours_stored_under_her_object_id() {
+    let stack = reach_stack(true, StackOptions::default()).await;
+    let (tenant, ann) = tenant_with_a_newcomer(&stack);
+    let by_name = json!({"tenantId": tenant, "userPrincipalName": ann.user_principal_name});
+    let first = notify(&stack, by_name.clone(), "Welcome aboard").await;
+    stack.api().wait_for_status(&first, "delivered").await;
+
+    let now = time::OffsetDateTime::now_utc();
+    let hh_mm = time::macros::format_description!("[hour]:[minute]");
+    let quiet = json!({
+        "timeZone": "Etc/UTC",
+        "quietHours": {
+            "from": (now - Duration::from_secs(3600)).format(hh_mm).unwrap(),
+            "to": (now + Duration::from_secs(3 * 3600)).format(hh_mm).unwrap(),
+        },
+    });
+    let (status, profile) = stack.api().patch_user(&tenant, &ann.id, &quiet).await;
+    assert_eq!(status, 200, "{profile}");
+
+    let second = notify(&stack, by_name, "Your badge is ready").await;
+    let record = stack.api().wait_for_status(&second, "scheduled").await;
+    let deliver_at = time::OffsetDateTime::parse(
+        record["deliverAt"].as_str().expect("it says when it goes"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        deliver_at > now + Duration::from_secs(2 * 3600),
+        "it waits for her quiet hours to end: {record}"
+    );
+    assert_eq!(texts(&stack, &ann), ["Welcome aboard"]);
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn with_installs_off_a_newcomer_fails_saying_the_app_is_not_installed_and_how_to_install_it()
 {

@@ -238,17 +238,11 @@ impl Handler {
         settled
     }
 
-    /// The recipient's clock: a user's zone and quiet hours as stored, else the default zone
-    /// (conversations and channels have no one clock).
+    /// The recipient's clock: a user's zone and quiet hours as stored, else the default zone.
     async fn recipient_clock(&self, job: &Job) -> Result<RecipientClock, StoreError> {
-        match &job.to {
-            Target::User(user) => {
-                self.users
-                    .clock(&user.tenant_id, &user.aad_object_id, self.default_time_zone)
-                    .await
-            }
-            _ => Ok(RecipientClock::in_zone(self.default_time_zone)),
-        }
+        self.users
+            .recipient_clock(&job.to, self.default_time_zone)
+            .await
     }
 
     /// Records that the job waits until `until` for its time, so that it reads `scheduled`

@@ -10,8 +10,11 @@ use std::{collections::HashMap, sync::LazyLock};
 use redis::{AsyncCommands, Script};
 use time::OffsetDateTime;
 
-use super::{Redis, StoreError, parse_rfc3339, rfc3339};
-use crate::calendar::{QuietHours, RecipientClock, TimeOfDay, Zone};
+use super::{ReachStore, Redis, StoreError, parse_rfc3339, rfc3339};
+use crate::{
+    calendar::{QuietHours, RecipientClock, TimeOfDay, Zone},
+    job::Target,
+};
 
 /// A user's stored profile.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,6 +89,31 @@ impl UserStore {
             zone: profile.0.unwrap_or(default),
             quiet_hours: profile.1,
         })
+    }
+
+    /// The clock of whoever `to` names: a user's as stored, else `default` (conversations and
+    /// channels have no one clock). A user named by sign-in name or mail has their clock
+    /// under the object id the name was resolved to; before the first contact resolves it,
+    /// Herald knows no clock of theirs either, and `default` it is.
+    pub async fn recipient_clock(
+        &self,
+        to: &Target,
+        default: Zone,
+    ) -> Result<RecipientClock, StoreError> {
+        match to {
+            Target::User(user) => {
+                self.clock(&user.tenant_id, &user.aad_object_id, default)
+                    .await
+            }
+            Target::NamedUser(named) => {
+                let names = ReachStore::new(self.redis.clone());
+                match names.resolved_name(&named.tenant_id, &named.name).await? {
+                    Some(id) => self.clock(&named.tenant_id, &id, default).await,
+                    None => Ok(RecipientClock::in_zone(default)),
+                }
+            }
+            _ => Ok(RecipientClock::in_zone(default)),
+        }
     }
 
     /// Applies `change` (an explicit zone wins over Teams' from now on) and answers the
