@@ -27,8 +27,9 @@ use super::Events;
 use crate::amqp::PublishError;
 
 /// How long a batch waits for more events after its first: short beside what a job takes,
-/// long enough at a few thousand jobs a second to gather a dozen.
-pub const LINGER: Duration = Duration::from_millis(3);
+/// long enough at a few thousand jobs a second to gather dozens (3 ms, a dozen, saved less:
+/// BENCHMARKS.md, section 9).
+pub const LINGER: Duration = Duration::from_millis(10);
 
 /// The most events in one batch.
 const MOST: usize = 256;
