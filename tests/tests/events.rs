@@ -415,19 +415,45 @@ async fn webhook_urls_reaching_private_addresses_are_refused_with_the_reason() {
     stack.stop().await;
 }
 
-/// The outbox on its own: an event noted before its change and never published (the process
-/// died) is relayed once the change is recorded, and dropped when the change never was.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_event_whose_publisher_died_after_the_change_still_arrives_and_one_before_it_never() {
+/// Events of their own, outside any service, in a namespace of their own, with the Python
+/// example consuming everything published there.
+struct LoneEvents {
+    events: Events,
+    redis: Redis,
+    consumer: Example,
+    /// Stops the broker link (and, through child tokens, whatever a test runs).
+    stop: CancellationToken,
+    _guard: NamespaceGuard,
+}
+
+async fn lone_events(consumer: &str) -> LoneEvents {
     let namespace = fresh_namespace();
     let _guard = NamespaceGuard::new(&namespace);
     let ns: Namespace = namespace.parse().unwrap();
     let stop = CancellationToken::new();
     let broker = broker_link(&amqp_url(), &namespace, &stop).await;
     let redis = Redis::new(&redis_url().parse::<RedisTarget>().unwrap(), ns).unwrap();
-    let statuses = StatusStore::new(redis.clone(), Duration::from_secs(600));
-    let events = Events::new(Publisher::new(broker.clone()), redis.clone());
-    let mut consumer = event_consumer(&namespace, "outbox-test", &[]).await;
+    LoneEvents {
+        events: Events::new(Publisher::new(broker), redis.clone()),
+        redis,
+        consumer: event_consumer(&namespace, consumer, &[]).await,
+        stop,
+        _guard,
+    }
+}
+
+/// The outbox on its own: an event noted before its change and never published (the process
+/// died) is relayed once the change is recorded, and dropped when the change never was.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_whose_publisher_died_after_the_change_still_arrives_and_one_before_it_never() {
+    let LoneEvents {
+        events,
+        redis,
+        mut consumer,
+        stop,
+        _guard,
+    } = lone_events("outbox-test").await;
+    let statuses = StatusStore::new(redis, Duration::from_secs(600));
 
     let cancelled = |job: &str| {
         let record = StatusRecord::new(
@@ -496,14 +522,13 @@ async fn an_event_whose_publisher_died_after_the_change_still_arrives_and_one_be
 /// published on its own instead of waiting for a batch that never comes.
 #[tokio::test(flavor = "multi_thread")]
 async fn confirmed_events_go_out_in_batches_and_on_their_own_when_no_batch_runs() {
-    let namespace = fresh_namespace();
-    let _guard = NamespaceGuard::new(&namespace);
-    let ns: Namespace = namespace.parse().unwrap();
-    let stop = CancellationToken::new();
-    let broker = broker_link(&amqp_url(), &namespace, &stop).await;
-    let redis = Redis::new(&redis_url().parse::<RedisTarget>().unwrap(), ns).unwrap();
-    let events = Events::new(Publisher::new(broker.clone()), redis);
-    let mut consumer = event_consumer(&namespace, "batches-test", &[]).await;
+    let LoneEvents {
+        events,
+        mut consumer,
+        stop,
+        _guard,
+        ..
+    } = lone_events("batches-test").await;
     let event = |n: usize| {
         CloudEvent::new(
             events.source(),
