@@ -2,6 +2,7 @@
 //! the dispatcher) started in-process on port-0 listeners against the real Redis and RabbitMQ,
 //! each test in its own namespace, cleaned up afterwards (even when the test panics).
 
+pub mod events;
 pub mod proxy;
 pub mod rabbit_cluster;
 pub mod replica;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use herald_emulator::{Fault, Operation, TeamsTeam, TeamsUser};
-use herald_tests::{StackOptions, TestStack, wait_until};
+use herald_tests::{StackOptions, TestStack, events::EventQueue, wait_until};
 use serde_json::{Value, json};
 
 /// A stack whose install reminders stay out of the way (installs send a welcome only).
@@ -127,6 +127,7 @@ async fn an_inline_audience_gets_one_message_each_and_the_results_say_so() {
         stack.install(&user).await;
         users.push(user);
     }
+    let mut told = EventQueue::bind(&stack.namespace, "herald.broadcast.completed").await;
     let body = json!({
         "id": "all-hands",
         "audience": {"users": users.iter().map(user_json).collect::<Vec<_>>()},
@@ -157,6 +158,16 @@ async fn an_inline_audience_gets_one_message_each_and_the_results_say_so() {
     for user in &users {
         assert_eq!(messages_with(&stack, user, "All hands at 3"), 1);
     }
+    // The calling service is told, with the counts as it settled.
+    let completed = told
+        .next_about("all-hands", Duration::from_secs(10))
+        .await
+        .expect("the broadcast's completion is told");
+    assert_eq!(completed.kind, "herald.broadcast.completed");
+    let data: Value = completed.data_as().unwrap();
+    assert_eq!(data["broadcastId"], "all-hands");
+    assert_eq!(data["counts"]["delivered"], 12, "{data}");
+    assert_eq!(data["counts"]["pending"], 0, "{data}");
 
     // Two recipients read it: the broadcast counts two reads, and a read told again (a
     // receipt handled a second time after a failure) counts nothing more.
@@ -386,6 +397,45 @@ async fn a_list_is_uploaded_in_parts_checked_line_by_line_then_released() {
     assert_eq!(created, 0, "a recipient with a chat got a second one");
 }
 
+/// A draft cancelled before anything was handed out settles at once, and the ingress tells
+/// it; the cancel retried tells it again under the same id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draft_cancelled_is_told_as_settled_with_every_recipient_cancelled() {
+    let stack = stack().await;
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let user = TeamsUser::new(&tenant, uuid::Uuid::new_v4().to_string(), "Reader");
+    let mut told = EventQueue::bind(&stack.namespace, "herald.broadcast.completed").await;
+    let body = json!({"id": "never", "audience": {"list": {}}, "message": {"text": "Never sent"}});
+    let (status, _) = call(&stack, reqwest::Method::POST, "/broadcasts", Some(body)).await;
+    assert_eq!(status, 202);
+    let (status, added) = upload(
+        &stack,
+        "never",
+        "application/x-ndjson",
+        format!("{}\n", user_json(&user)),
+    )
+    .await;
+    assert_eq!(status, 200, "{added}");
+
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, cancelled) =
+            call(&stack, reqwest::Method::DELETE, "/broadcasts/never", None).await;
+        assert_eq!(status, 200, "{cancelled}");
+        let completed = told
+            .next_about("never", Duration::from_secs(10))
+            .await
+            .expect("the cancelled draft is told");
+        let data: Value = completed.data_as().unwrap();
+        assert_eq!(data["counts"]["cancelled"], 1, "{data}");
+        assert_eq!(data["counts"]["pending"], 0, "{data}");
+        ids.push(completed.id);
+    }
+    assert_eq!(ids[0], ids[1], "one id, however often told");
+    assert_eq!(messages_with(&stack, &user, "Never sent"), 0);
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_audience_herald_cannot_reach_is_refused_naming_the_field_and_nothing_is_created() {
     let stack = stack().await;
@@ -512,6 +562,7 @@ async fn cancelled_at_half_nothing_more_is_sent_and_a_retraction_deletes_every_d
     .await;
     let tenant = uuid::Uuid::new_v4().to_string();
     let users = stack.emulator.generate_tenant_users(&tenant, "staff", 200);
+    let mut told = EventQueue::bind(&stack.namespace, "herald.broadcast.completed").await;
     let body = json!({"id": "drill", "audience": {"users": users.users().map(|u| user_json(&u)).collect::<Vec<_>>()},
         "message": {"text": "Fire drill at 2"}});
     let (status, _) = call(&stack, reqwest::Method::POST, "/broadcasts", Some(body)).await;
@@ -553,6 +604,12 @@ async fn cancelled_at_half_nothing_more_is_sent_and_a_retraction_deletes_every_d
     .await;
     let (_, counts) = call(&stack, reqwest::Method::GET, "/broadcasts/drill", None).await;
     let counts = &counts["counts"];
+    // Settled by the fan-out once it counted what it never handed out, and told so.
+    let completed = told
+        .next_about("drill", Duration::from_secs(10))
+        .await
+        .expect("the cancelled broadcast's end is told");
+    assert_eq!(completed.data_as::<Value>().unwrap()["counts"], *counts);
     assert_eq!(counts["delivered"], later as u64, "{settled}");
     assert_eq!(
         counts["cancelled"].as_u64().unwrap() + later as u64,

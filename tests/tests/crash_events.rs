@@ -7,21 +7,11 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use herald_emulator::TeamsUser;
-use herald_shared::{
-    amqp::Topology,
-    config::Namespace,
-    events::{CloudEvent, outbox::GRACE},
-    store::JobStatus,
-};
+use herald_shared::{amqp::Topology, config::Namespace, events::outbox::GRACE, store::JobStatus};
 use herald_tests::{
-    StackOptions, TestStack, amqp_url, free_port, job_for, proxy::Proxy, publish_jobs,
+    StackOptions, TestStack, events::EventQueue, free_port, job_for, proxy::Proxy, publish_jobs,
     queue_depth_of, replica::Replica, wait_until,
-};
-use lapin::{
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
 };
 use serde_json::{Value, json};
 
@@ -40,76 +30,6 @@ fn through(proxy: &Proxy) -> String {
     format!("amqp://guest:guest@{}/%2f", proxy.addr())
 }
 
-/// The namespace's events of `pattern`, in a queue of the test's own (on a connection that
-/// lives as long as the consumer).
-struct Events {
-    _connection: lapin::Connection,
-    consumer: lapin::Consumer,
-}
-
-async fn events_of(namespace: &str, pattern: &str) -> Events {
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let topology = Topology::new(namespace.parse::<Namespace>().unwrap());
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.events_exchange().as_str().into(),
-            pattern.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "crash-test".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    Events {
-        _connection: connection,
-        consumer,
-    }
-}
-
-/// The next event about `subject` (others, such as the welcome's, are passed over), if one
-/// comes within `within`.
-async fn next_event(events: &mut Events, subject: &str, within: Duration) -> Option<CloudEvent> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let delivery = tokio::time::timeout_at(deadline, events.consumer.next())
-            .await
-            .ok()??;
-        let delivery = delivery.expect("the events queue delivers");
-        let event: CloudEvent =
-            serde_json::from_slice(&delivery.data).expect("an event is a CloudEvent");
-        if event.subject == subject {
-            return Some(event);
-        }
-    }
-}
-
 /// A user who installed the app (their welcome waits in the queue: no dispatcher runs yet);
 /// returns the user and their personal conversation id.
 async fn installed_user(stack: &TestStack) -> (TeamsUser, String) {
@@ -126,7 +46,7 @@ async fn installed_user(stack: &TestStack) -> (TeamsUser, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dispatcher_killed_after_recording_a_delivery_tells_it_through_the_redelivered_copy() {
     let (stack, proxy) = stack_and_proxy().await;
-    let mut events = events_of(&stack.namespace, "herald.notification.#").await;
+    let mut events = EventQueue::bind(&stack.namespace, "herald.notification.#").await;
     let (user, conversation_id) = installed_user(&stack).await;
     let mut first = Replica::spawn("herald-dispatcher", &stack, &through(&proxy), &[]);
     let queue = Topology::new(stack.namespace.parse::<Namespace>().unwrap()).dispatch_queue();
@@ -159,7 +79,8 @@ async fn a_dispatcher_killed_after_recording_a_delivery_tells_it_through_the_red
     )
     .await;
     assert!(
-        next_event(&mut events, &id, Duration::from_secs(2))
+        events
+            .next_about(&id, Duration::from_secs(2))
             .await
             .is_none(),
         "an event got past the stall"
@@ -171,14 +92,16 @@ async fn a_dispatcher_killed_after_recording_a_delivery_tells_it_through_the_red
     // ended and tells it.
     proxy.restore();
     let _second = Replica::spawn("herald-dispatcher", &stack, &through(&proxy), &[]);
-    let told = next_event(&mut events, &id, Duration::from_secs(30))
+    let told = events
+        .next_about(&id, Duration::from_secs(30))
         .await
         .expect("the delivery is told after the crash");
     assert_eq!(told.kind, "herald.notification.delivered");
     assert_eq!(told.subject, id);
     assert_eq!(told.data_as::<Value>().unwrap()["status"], "delivered");
     assert!(
-        next_event(&mut events, &id, Duration::from_secs(2))
+        events
+            .next_about(&id, Duration::from_secs(2))
             .await
             .is_none(),
         "the delivery was told twice"
@@ -196,7 +119,7 @@ async fn a_dispatcher_killed_after_recording_a_delivery_tells_it_through_the_red
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ingress_killed_after_recording_a_cancel_has_its_event_relayed_by_another_service() {
     let (stack, proxy) = stack_and_proxy().await;
-    let mut events = events_of(&stack.namespace, "herald.notification.cancelled").await;
+    let mut events = EventQueue::bind(&stack.namespace, "herald.notification.cancelled").await;
     let (user, _) = installed_user(&stack).await;
     let port = free_port();
     let mut ingress = Replica::spawn(
@@ -227,7 +150,8 @@ async fn an_ingress_killed_after_recording_a_cancel_has_its_event_relayed_by_ano
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled");
     assert!(
-        next_event(&mut events, &id, Duration::from_secs(2))
+        events
+            .next_about(&id, Duration::from_secs(2))
             .await
             .is_none(),
         "an event got past the stall"
@@ -237,14 +161,16 @@ async fn an_ingress_killed_after_recording_a_cancel_has_its_event_relayed_by_ano
 
     // The stack's own ingress relays what the dead one left in the outbox, once its grace
     // has passed.
-    let told = next_event(&mut events, &id, GRACE + Duration::from_secs(20))
+    let told = events
+        .next_about(&id, GRACE + Duration::from_secs(20))
         .await
         .expect("the cancel is told after the crash");
     assert_eq!(told.kind, "herald.notification.cancelled");
     assert_eq!(told.subject, id);
     assert_eq!(told.data_as::<Value>().unwrap()["status"], "cancelled");
     assert!(
-        next_event(&mut events, &id, Duration::from_secs(2))
+        events
+            .next_about(&id, Duration::from_secs(2))
             .await
             .is_none(),
         "the cancel was told twice"

@@ -3,8 +3,8 @@
 //! the schema refuses, the Rust types refuse too.
 
 use herald_shared::events::{
-    BroadcastCompleted, BroadcastCounts, EventType, EventUser, InstallationChanged,
-    MessageReceived, NotificationAction, NotificationChanged, NotificationRead,
+    BroadcastCompleted, EventType, EventUser, InstallationChanged, MessageReceived,
+    NotificationAction, NotificationChanged, NotificationRead,
 };
 use herald_tests::repository;
 use serde_json::{Value, json};
@@ -101,7 +101,7 @@ fn written() -> Vec<(EventType, Value)> {
         EventType::BroadcastCompleted,
         serde_json::to_value(BroadcastCompleted {
             broadcast_id: "b-1".into(),
-            counts: BroadcastCounts {
+            counts: herald_shared::store::Counts {
                 total: 3,
                 pending: 0,
                 delivered: 2,

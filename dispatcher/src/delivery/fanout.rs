@@ -32,7 +32,8 @@ use herald_shared::{
         Audience, Broadcast, BroadcastStatus, LaunchError, Recipient, Step, launch::unix_ms,
         step_message,
     },
-    store::{Advance, BroadcastRecord, JobStatus},
+    events::BroadcastCompleted,
+    store::{Advance, BroadcastRecord, JobStatus, Told},
 };
 use lapin::types::FieldTable;
 use time::OffsetDateTime;
@@ -532,12 +533,13 @@ impl Handler {
             Err(reason) => {
                 tracing::error!(member, %reason, "a broadcast recipient cannot be sent to");
                 let now = OffsetDateTime::now_utc();
-                self.until_done("count the recipient failed", || {
-                    self.broadcasts
-                        .record_end(&broadcast.id, member, JobStatus::Failed, now)
-                })
-                .await?;
-                return Ok(());
+                let ended = self
+                    .until_done("count the recipient failed", || {
+                        self.broadcasts
+                            .record_end(&broadcast.id, member, JobStatus::Failed, now)
+                    })
+                    .await?;
+                return self.tell_if_settled(&broadcast.id, &ended.told).await;
             }
         };
         let mut amqp_headers = FieldTable::default();
@@ -585,16 +587,40 @@ impl Handler {
         } else if change.started_at.is_some() {
             self.metrics.broadcast("started");
         }
-        self.count_settled(told.settled);
-        Ok(())
+        self.tell_if_settled(&step.broadcast_id, &told).await
     }
 
-    /// Counts a broadcast that settled with a change this dispatcher made.
-    pub(super) fn count_settled(&self, settled: Option<BroadcastStatus>) {
-        if let Some(status) = settled {
-            tracing::info!(%status, "broadcast settled");
-            self.metrics.broadcast(status.as_str());
+    /// After a change to a broadcast (`told` says what it did): a broadcast the change settled
+    /// is counted and told as `herald.broadcast.completed`, confirmed, before the delivery
+    /// that made the change is acked. A repeated change (a redelivered copy, whose first
+    /// handling may have died between settling the broadcast and telling it) tells it again
+    /// if the broadcast has settled, with the same event id, so no crash loses it; consumers
+    /// de-duplicate.
+    pub(super) async fn tell_if_settled(
+        &self,
+        broadcast_id: &str,
+        told: &Told,
+    ) -> Result<(), Interrupted> {
+        match told.settled {
+            Some(status) => {
+                tracing::info!(%status, "broadcast settled");
+                self.metrics.broadcast(status.as_str());
+            }
+            // Moved on, still pending: nothing to tell.
+            None if told.applied => return Ok(()),
+            None => {}
         }
+        let record = self
+            .until_done("read the settled broadcast", || {
+                self.broadcasts.get(broadcast_id)
+            })
+            .await?;
+        let event = record.and_then(|r| BroadcastCompleted::event(self.events.source(), &r));
+        let Some(event) = event else {
+            return Ok(());
+        };
+        self.until_done("publish the event", || self.events.publish_unnoted(&event))
+            .await
     }
 
     async fn queue_step(&self, step: &Step, wait: Duration) -> Result<(), Interrupted> {

@@ -568,7 +568,7 @@ impl Handler {
                 .get_or_create(&vec![("outcome", status.as_str().to_owned())])
                 .inc();
         }
-        self.count_settled(ended.told.settled);
+        self.tell_if_settled(&broadcast.id, &ended.told).await?;
         Ok(Some(ended))
     }
 }

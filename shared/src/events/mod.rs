@@ -261,25 +261,34 @@ pub struct NotificationAction {
     pub data: Value,
 }
 
-/// Per-state recipient counts of a broadcast.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BroadcastCounts {
-    pub total: u64,
-    pub pending: u64,
-    pub delivered: u64,
-    pub failed: u64,
-    pub cancelled: u64,
-    pub expired: u64,
-    pub read: u64,
-}
-
-/// `herald.broadcast.completed`.
+/// `herald.broadcast.completed`: nothing of the broadcast is pending (it completed, expired
+/// or was cancelled), with its per-state recipient counts as it settled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BroadcastCompleted {
     pub broadcast_id: String,
-    pub counts: BroadcastCounts,
+    pub counts: crate::store::Counts,
+}
+
+impl BroadcastCompleted {
+    /// The `herald.broadcast.completed` event of `record`, once it has settled (`None`
+    /// before): one id per broadcast, however often it is told.
+    pub fn event(source: &str, record: &crate::store::BroadcastRecord) -> Option<CloudEvent> {
+        let settled_at = record.completed_at?;
+        let id = record.broadcast.id.to_string();
+        let data = Self {
+            broadcast_id: id.clone(),
+            counts: record.counts,
+        };
+        Some(CloudEvent::new(
+            source,
+            EventType::BroadcastCompleted,
+            &id,
+            &id,
+            &data,
+            settled_at,
+        ))
+    }
 }
 
 /// `herald.installation.added` / `.removed`.

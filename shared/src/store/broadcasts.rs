@@ -37,8 +37,18 @@ use crate::{
 pub const ADD_CHUNK: usize = 4_000;
 
 /// The counts of a broadcast's recipients by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Counts {
     pub total: u64,
     pub pending: u64,

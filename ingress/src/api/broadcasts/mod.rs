@@ -20,6 +20,7 @@ use axum::{
 };
 use herald_shared::{
     broadcast::{Broadcast, BroadcastRequest, BroadcastStatus, LaunchError, Recipient, WalkAction},
+    events::BroadcastCompleted,
     job::{JobId, Message},
     store::{BroadcastRecord, Counts},
 };
@@ -296,6 +297,15 @@ pub async fn cancel(
     }
     let record = api.broadcasts.get(&id).await?;
     let record = record.ok_or_else(|| no_such_broadcast(&id))?;
+    // A cancel before anything was handed out settles the broadcast at once: told here (a
+    // cancel while sending settles once the fan-out has counted what it never handed out,
+    // and the dispatcher tells it then). Told again when the cancel is retried, with the
+    // same id, so a crash between the two loses nothing the caller does not then redo.
+    if record.status == BroadcastStatus::Cancelled
+        && let Some(event) = BroadcastCompleted::event(api.events.source(), &record)
+    {
+        api.events.emit(event).await?;
+    }
     let status = if retract {
         StatusCode::ACCEPTED
     } else {
