@@ -75,6 +75,33 @@ impl Amqp {
             .await
     }
 
+    /// The same, `per_second` jobs a second (as fast as confirms allow when `None`): a load
+    /// offered at a set rate, so that variants that differ in speed are compared at the same
+    /// one.
+    pub async fn publish_jobs_at(
+        &self,
+        namespace: &str,
+        count: usize,
+        per_second: Option<u32>,
+        make: impl FnMut(usize) -> (String, Vec<u8>),
+    ) -> anyhow::Result<Published> {
+        let topology = Topology::new(
+            namespace
+                .parse::<Namespace>()
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
+        let exchange = topology.jobs_exchange();
+        self.publish_paced(
+            &exchange,
+            "notification",
+            count,
+            CONFIRM_WINDOW,
+            per_second,
+            make,
+        )
+        .await
+    }
+
     pub async fn publish(
         &self,
         exchange: &str,
@@ -93,12 +120,30 @@ impl Amqp {
         routing_key: &str,
         count: usize,
         window: usize,
+        make: impl FnMut(usize) -> (String, Vec<u8>),
+    ) -> anyhow::Result<Published> {
+        self.publish_paced(exchange, routing_key, count, window, None, make)
+            .await
+    }
+
+    /// The same, message `i` not before `i / per_second` seconds from the first.
+    async fn publish_paced(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        count: usize,
+        window: usize,
+        per_second: Option<u32>,
         mut make: impl FnMut(usize) -> (String, Vec<u8>),
     ) -> anyhow::Result<Published> {
         let first_at = OffsetDateTime::now_utc();
         let started = Instant::now();
         let mut pending: VecDeque<PublisherConfirm> = VecDeque::with_capacity(window);
         for i in 0..count {
+            if let Some(rate) = per_second {
+                let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate.max(1)));
+                tokio::time::sleep_until(due.into()).await;
+            }
             let (id, body) = make(i);
             let properties = BasicProperties::default()
                 .with_content_type("application/json".into())

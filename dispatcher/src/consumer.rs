@@ -166,10 +166,16 @@ impl Consuming<'_> {
                         *restart_after = RESTART_WHEN_IDLE;
                         quiet_since = Instant::now();
                         let (handler, settler, working) = (Arc::clone(handler), settler.clone(), at_work.clone());
-                        in_flight.spawn(async move {
+                        // Boxed: a task holding its future by value copies it whole several
+                        // times as it is spawned and as it ends, where a box is one pointer.
+                        // A handler's future holds every step a delivery may take, so its
+                        // rare steps are boxed too, where they are awaited (at ten kilobytes,
+                        // those copies cost more than telling a job's end: BENCHMARKS.md,
+                        // section 9).
+                        in_flight.spawn(Box::pin(async move {
                             handler.handle(delivery, settler).await;
                             drop(working);
-                        });
+                        }));
                     }
                     Some(Err(error)) => return Err(error),
                     None => return Ok(()),

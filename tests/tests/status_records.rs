@@ -6,7 +6,9 @@ use std::time::Duration;
 use herald_shared::{
     config::{Namespace, RedisTarget},
     job::{Target, UserTarget},
-    store::{Redis, StatusRecord, StatusStore},
+    store::{
+        JobStatus, Outcome, Redis, Remember, SentMessage, SentStore, StatusRecord, StatusStore,
+    },
 };
 use herald_tests::{NamespaceGuard, fresh_namespace, redis_url};
 use time::OffsetDateTime;
@@ -73,4 +75,77 @@ async fn a_record_of_a_job_due_later_lives_until_its_ttl_has_run_from_the_due_ti
         (expected - 5_000..=expected).contains(&left),
         "kept for {left} ms, not the {expected} ms until its TTL has run from its due time"
     );
+}
+
+/// A delivered job's outcome and what a press or a read receipt will look its message up by
+/// are written in one round trip: the status script's `EVALSHA` after the sent message's
+/// writes. A Redis that no longer knows the script (restarted, failed over: `SCRIPT FLUSH`
+/// here) has it loaded and gets both again, and nothing is half written.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_and_its_sent_message_are_written_together_even_after_redis_forgot_the_script() {
+    let namespace = fresh_namespace();
+    let _guard = NamespaceGuard::new(&namespace);
+    let target: RedisTarget = redis_url().parse().unwrap();
+    let redis = Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap();
+    let ttl = Duration::from_secs(3600);
+    let statuses = StatusStore::new(redis.clone(), ttl);
+    let sent = SentStore::new(redis.clone(), ttl);
+    let to = Target::User(UserTarget {
+        tenant_id: "t".into(),
+        aad_object_id: "u".into(),
+    });
+    let deliver = |n: u64| {
+        let id = format!("n-{n}");
+        let record = StatusRecord::new(
+            &id.parse().unwrap(),
+            to.clone(),
+            None,
+            OffsetDateTime::now_utc(),
+        );
+        let statuses = &statuses;
+        let sent = &sent;
+        async move {
+            statuses.create(&record).await.unwrap().unwrap();
+            let activity_id = (1_700_000_000_000 + n).to_string();
+            let outcome = Outcome::Delivered {
+                service_url: "https://smba.example/".into(),
+                conversation_id: "a:1".into(),
+                activity_id: Some(activity_id.clone()),
+            };
+            let message = SentMessage {
+                notification_id: id.clone(),
+                broadcast_id: None,
+                on_action: None,
+            };
+            let what = Remember {
+                personal: true,
+                has_actions: true,
+            };
+            let stored = statuses
+                .finish(&id, "me", &outcome, 1, OffsetDateTime::now_utc(), |pipe| {
+                    sent.remember(pipe, "a:1", &activity_id, what, &message)
+                })
+                .await
+                .unwrap();
+            assert_eq!(stored, JobStatus::Delivered);
+            let found = sent.find("a:1", &activity_id).await.unwrap();
+            assert_eq!(found, Some(message), "the sent message is remembered");
+        }
+    };
+
+    deliver(1).await;
+    let mut conn = redis.conn();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    deliver(2).await;
+
+    let unread = sent.unread_up_to("a:1", u64::MAX).await.unwrap();
+    let ids: Vec<&str> = unread.iter().map(|u| u.notification_id.as_str()).collect();
+    assert_eq!(ids, ["n-1", "n-2"], "both messages wait for a read receipt");
+    let second = statuses.get("n-2").await.unwrap().unwrap();
+    assert_eq!(second.status, JobStatus::Delivered);
+    assert_eq!(second.attempts, 1);
 }

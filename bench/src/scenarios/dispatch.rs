@@ -4,6 +4,8 @@
 //! cluster of its own (quorum queues replicated on every node), the dispatchers spread over
 //! the nodes, and each node's CPU measured; `--kill-leader` then SIGKILLs the node leading
 //! `{ns}.dispatch` once half the jobs have arrived, and reports how long sending paused.
+//! `--rate N` offers the jobs at N a second instead of as fast as the broker takes them, so that
+//! builds of different speeds (with and without events, say) are compared under the same load.
 
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ use crate::{
 pub const USAGE: &str =
     "dispatch [--jobs N] [--tenants 500] [--users-per-tenant 100] [--prefetch 1024]
            [--dispatchers 1] [--rabbit-nodes 1 [--kill-leader]] [--latency-ms 0] [--no-ceiling]
-           [--redis-monitor]
+           [--redis-monitor] [--rate JOBS_PER_SECOND]
            [--perf FILE] [--callgrind FILE] [--massif FILE]";
 
 /// Deliveries per `multiple` ack in the batched-ack ceiling.
@@ -40,6 +42,7 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let kill_leader = args.flag("kill-leader");
     let latency_ms: u64 = args.value("latency-ms", 0)?;
     let ceiling = !args.flag("no-ceiling");
+    let offered: Option<u32> = args.optional("rate")?;
     let monitor = args.flag("redis-monitor");
     let perf: Option<String> = args.optional("perf")?;
     let callgrind: Option<String> = args.optional("callgrind")?;
@@ -71,12 +74,14 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     let mut report = Report::new(
         "dispatch",
         format!(
-            "dispatch: {jobs} jobs to {} users in {tenants_needed} tenants, prefetch {prefetch}, {dispatchers} dispatcher(s), {rabbit_nodes} RabbitMQ node(s), Teams latency {latency_ms} ms, limits off",
-            people.len()
+            "dispatch: {jobs} jobs to {} users in {tenants_needed} tenants{}, prefetch {prefetch}, {dispatchers} dispatcher(s), {rabbit_nodes} RabbitMQ node(s), Teams latency {latency_ms} ms, limits off",
+            people.len(),
+            offered.map_or(String::new(), |r| format!(", offered at {r}/s")),
         ),
         json!({
             "jobs": jobs, "tenants": tenants_needed, "users": people.len(), "prefetch": prefetch,
             "dispatchers": dispatchers, "rabbitNodes": rabbit_nodes, "latencyMs": latency_ms,
+            "offeredPerSecond": offered,
             "logLevel": common.log_level,
         }),
     );
@@ -207,10 +212,11 @@ pub async fn run(common: &Common, mut args: Args) -> anyhow::Result<Report> {
     };
     footprint.start();
     eprintln!("publishing {jobs} jobs");
-    let publishing = survivor
-        .as_ref()
-        .unwrap_or(&amqp)
-        .publish_jobs(&bench.namespace, jobs, make);
+    let publishing =
+        survivor
+            .as_ref()
+            .unwrap_or(&amqp)
+            .publish_jobs_at(&bench.namespace, jobs, offered, make);
     let killing = async {
         match (leader, cluster.as_mut()) {
             (Some(leader), Some(cluster)) => {

@@ -143,9 +143,7 @@ impl Handler {
                 self.metrics.job("duplicate");
                 // The handler that ended it may have died before its event was confirmed
                 // (this copy is then the redelivery): tell the end again, under the same id.
-                return self
-                    .tell_end_again(&job.id, incoming.broadcast.as_ref())
-                    .await;
+                return Box::pin(self.tell_end_again(&job.id, incoming.broadcast.as_ref())).await;
             }
             BeginSend::Busy { retry_in } => {
                 tracing::info!(
@@ -460,18 +458,17 @@ impl Handler {
             Outcome::Cancelled => "cancelled",
         });
         let now = OffsetDateTime::now_utc();
-        // What a press or a read receipt needs to find the message, remembered beside the
-        // outcome: the two commands share a round trip on the multiplexed connection. Their
-        // order does not matter: Teams has the message already, and both are done before the
+        // What a press or a read receipt needs to find the message, written with the outcome
+        // in one round trip. Teams has the message already, and both are done before the
         // job's end is told and the delivery acked.
-        let remember = async {
+        let remember = |beside: &mut redis::Pipeline| {
             let Outcome::Delivered {
                 conversation_id,
                 activity_id: Some(activity_id),
                 ..
             } = &outcome
             else {
-                return Ok(());
+                return;
             };
             let sent = SentMessage {
                 notification_id: job.id.to_string(),
@@ -482,19 +479,15 @@ impl Handler {
                 personal: is_personal(job, conversation_id),
                 has_actions: job.on_action.is_some() || job.message.has_card_actions(),
             };
-            self.until_done("remember the sent message", || {
-                self.sent
-                    .remember(conversation_id, activity_id, what, &sent)
-            })
-            .await
+            self.sent
+                .remember(beside, conversation_id, activity_id, what, &sent);
         };
-        let record = self.until_done("record the outcome", || {
-            self.statuses
-                .finish(&job.id, owner, &outcome, attempts_made, now)
-        });
-        let (remembered, stored) = tokio::join!(remember, record);
-        remembered?;
-        let stored = stored?;
+        let stored = self
+            .until_done("record the outcome", || {
+                self.statuses
+                    .finish(&job.id, owner, &outcome, attempts_made, now, &remember)
+            })
+            .await?;
         tracing::debug!(%stored, "outcome recorded");
         // The end is told before the delivery is acked, so it needs no outbox: if this
         // process dies first, the redelivered copy finds the job ended and tells it again.
@@ -504,11 +497,19 @@ impl Handler {
         {
             let publish =
                 self.until_done("publish the event", || self.events.publish_unnoted(&event));
-            let (published, counted) =
-                tokio::join!(publish, self.count_end(broadcast, &job.id, status));
+            // What only a broadcast's message does is boxed (as is every rare path out of a
+            // handler): inline, its futures made every delivery's task several times larger,
+            // and a task's future is copied whole as it is spawned and ends.
+            let count = async {
+                match broadcast {
+                    Some(_) => Box::pin(self.count_end(broadcast, &job.id, status)).await,
+                    None => Ok(None),
+                }
+            };
+            let (published, counted) = tokio::join!(publish, count);
             published?;
             if let (Some(tag), Some(ended), JobStatus::Delivered) = (broadcast, counted?, status) {
-                self.catch_up(&job.id, tag, ended).await?;
+                Box::pin(self.catch_up(&job.id, tag, ended)).await?;
             }
         }
         Ok(())

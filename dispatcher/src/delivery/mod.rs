@@ -598,6 +598,27 @@ mod tests {
 
     use super::*;
 
+    /// The size of the future `handle` returns, without calling it.
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(Arc<Handler>, Delivery, Settler) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every delivery's task holds this future, so what only some deliveries do (a
+    /// broadcast's count and catch-up, telling an end again) is boxed where it is awaited.
+    /// Inline, they made it 10.3 KB in a debug build (10.7 KB in release, where it is now
+    /// some 700 bytes: BENCHMARKS.md, section 9).
+    #[test]
+    fn a_delivery_handler_keeps_its_rare_paths_out_of_its_own_future() {
+        let size = future_size(Handler::handle);
+        assert!(
+            size <= 8 * 1024,
+            "a handler's future is {size} bytes: is a rare path inline again?"
+        );
+    }
+
     const JOB: &[u8] =
         br#"{"id":"j1","to":{"user":{"tenantId":"t","aadObjectId":"u"}},"message":{"text":"hi"}}"#;
 

@@ -152,7 +152,8 @@ impl Events {
         {
             return outcome;
         }
-        self.publish(&event.kind, &event.id, &event.to_json()).await
+        // Boxed, being rare: inline, a publish's future would make every caller's larger.
+        Box::pin(self.publish(&event.kind, &event.id, &event.to_json())).await
     }
 
     pub(super) async fn publish(

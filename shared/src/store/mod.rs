@@ -147,6 +147,34 @@ impl Redis {
         Ok(acked >= 1)
     }
 
+    /// Runs `script` (its `EVALSHA`, from [`evalsha`], with its arguments) after `beside`,
+    /// writes of other stores whose replies are ignored, in one round trip: work that records
+    /// two things at once pays for one request. A Redis that does not know the script yet (a
+    /// restart, a failover) has it loaded and is sent the whole again, so every write `beside`
+    /// must be one that may be repeated. On a Redis Cluster `beside` goes first on its own,
+    /// since its keys may live on another node than the script's.
+    pub(crate) async fn eval_beside<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        eval: redis::Cmd,
+        mut beside: redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        if self.is_cluster() && !beside.is_empty() {
+            beside.query_async::<()>(&mut conn).await?;
+            beside = redis::pipe();
+        }
+        beside.add_command(eval);
+        let replies: (T,) = match beside.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script.load_async(&mut conn).await?;
+                beside.query_async(&mut conn).await?
+            }
+            replies => replies?,
+        };
+        Ok(replies.0)
+    }
+
     /// Whether Redis answers a PING now (readiness).
     pub async fn ping(&self) -> bool {
         let mut conn = self.conn();
@@ -243,6 +271,14 @@ impl ConnectionLike for Connection {
             Connection::Cluster(_) => 0,
         }
     }
+}
+
+/// The `EVALSHA` of `script` on `keys`, for its arguments to be added and for
+/// [`Redis::eval_beside`].
+pub(crate) fn evalsha(script: &redis::Script, keys: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
 }
 
 /// Milliseconds since the Unix epoch, the time unit of every stored timestamp's companion field.

@@ -66,11 +66,14 @@ impl SentStore {
         format!("{}:unread:{{{conversation_id}}}", self.redis.namespace())
     }
 
-    /// Notes that `message` became activity `activity_id` of the conversation, as far as
-    /// anything can come back for it: a press when its card `has_actions`, a read receipt when
-    /// the chat is `personal` (it is unread until one covers it). Nothing else is written.
-    pub async fn remember(
+    /// Adds to `pipe` the writes noting that `message` became activity `activity_id` of the
+    /// conversation, as far as anything can come back for it: a press when its card
+    /// `has_actions`, a read receipt when the chat is `personal` (it is unread until one covers
+    /// it). Nothing else is written; every write may be repeated, and each reply is ignored
+    /// (the dispatcher sends them with the job's outcome, [`super::StatusStore::finish`]).
+    pub fn remember(
         &self,
+        pipe: &mut redis::Pipeline,
         conversation_id: &str,
         activity_id: &str,
         Remember {
@@ -78,15 +81,11 @@ impl SentStore {
             has_actions,
         }: Remember,
         message: &SentMessage,
-    ) -> Result<(), StoreError> {
+    ) {
         // Read receipts compare activity ids as numbers; a message whose id is not one is
         // never covered by a receipt.
         let unread_number = personal.then(|| activity_id.parse::<u64>().ok()).flatten();
-        if !has_actions && unread_number.is_none() {
-            return Ok(());
-        }
         let ttl_ms = self.ttl.as_millis() as u64;
-        let mut pipe = redis::pipe();
         if has_actions {
             let body = serde_json::to_string(message).expect("a sent message always serializes");
             pipe.cmd("SET")
@@ -111,8 +110,6 @@ impl SentStore {
                     .ignore();
             }
         }
-        let () = pipe.query_async(&mut self.redis.conn()).await?;
-        Ok(())
     }
 
     /// The message that became activity `activity_id` of the conversation, if Herald sent it.

@@ -698,6 +698,9 @@ impl StatusStore {
     }
 
     /// Records how a handling ended and releases `owner`'s lease; returns the status now stored.
+    /// `beside` adds other stores' writes that belong with the outcome (what a delivered
+    /// message will be looked up by): they go in the same round trip and, like the outcome,
+    /// are repeated when the whole is (see [`super::Redis::eval_beside`]).
     pub async fn finish(
         &self,
         id: &str,
@@ -705,6 +708,7 @@ impl StatusStore {
         outcome: &Outcome,
         attempts_made: u32,
         now: OffsetDateTime,
+        beside: impl FnOnce(&mut redis::Pipeline),
     ) -> Result<JobStatus, StoreError> {
         let (status, fields): (JobStatus, Vec<(&str, String)>) = match outcome {
             Outcome::Delivered {
@@ -751,9 +755,9 @@ impl StatusStore {
             Outcome::Expired => (JobStatus::Expired, vec![]),
             Outcome::Cancelled => (JobStatus::Cancelled, vec![]),
         };
-        let mut cmd = FINISH.prepare_invoke();
-        cmd.key(self.key(id))
-            .arg(status.as_str())
+        let key = self.key(id);
+        let mut cmd = super::evalsha(&FINISH, &[&key]);
+        cmd.arg(status.as_str())
             .arg(attempts_made)
             .arg(owner)
             .arg(self.ttl.as_millis() as u64)
@@ -762,11 +766,12 @@ impl StatusStore {
         for (field, value) in fields {
             cmd.arg(field).arg(value);
         }
-        let stored: String = cmd.invoke_async(&mut self.redis.conn()).await?;
-        stored.parse().map_err(|reason| StoreError::Malformed {
-            key: self.key(id),
-            reason,
-        })
+        let mut writes = redis::pipe();
+        beside(&mut writes);
+        let stored: String = self.redis.eval_beside(&FINISH, cmd, writes).await?;
+        stored
+            .parse()
+            .map_err(|reason| StoreError::Malformed { key, reason })
     }
 }
 
