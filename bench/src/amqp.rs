@@ -66,13 +66,7 @@ impl Amqp {
         count: usize,
         make: impl FnMut(usize) -> (String, Vec<u8>),
     ) -> anyhow::Result<Published> {
-        let topology = Topology::new(
-            namespace
-                .parse::<Namespace>()
-                .map_err(|e| anyhow::anyhow!(e))?,
-        );
-        self.publish(&topology.jobs_exchange(), "notification", count, make)
-            .await
+        self.publish_jobs_at(namespace, count, None, make).await
     }
 
     /// The same, `per_second` jobs a second (as fast as confirms allow when `None`): a load

@@ -13,19 +13,27 @@ use herald_shared::{
 use herald_tests::{NamespaceGuard, fresh_namespace, redis_url};
 use time::OffsetDateTime;
 
+/// The stores' Redis, in `namespace`.
+fn redis_in(namespace: &str) -> Redis {
+    let target: RedisTarget = redis_url().parse().unwrap();
+    Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap()
+}
+
+fn a_user() -> Target {
+    Target::User(UserTarget {
+        tenant_id: "t".into(),
+        aad_object_id: "u".into(),
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_status_record_expires_after_its_ttl_from_its_last_change() {
     let namespace = fresh_namespace();
     let _guard = NamespaceGuard::new(&namespace);
-    let target: RedisTarget = redis_url().parse().unwrap();
-    let redis = Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap();
+    let redis = redis_in(&namespace);
     let statuses = StatusStore::new(redis, Duration::from_millis(1500));
     let now = OffsetDateTime::now_utc();
-    let to = Target::User(UserTarget {
-        tenant_id: "t".into(),
-        aad_object_id: "u".into(),
-    });
-    let record = StatusRecord::new(&"short-lived".parse().unwrap(), to, None, now);
+    let record = StatusRecord::new(&"short-lived".parse().unwrap(), a_user(), None, now);
     statuses.create(&record).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // A change (a cancellation here) restarts the clock: past the first 1.5 s, it is still there.
@@ -51,17 +59,12 @@ async fn a_status_record_expires_after_its_ttl_from_its_last_change() {
 async fn a_record_of_a_job_due_later_lives_until_its_ttl_has_run_from_the_due_time() {
     let namespace = fresh_namespace();
     let _guard = NamespaceGuard::new(&namespace);
-    let target: RedisTarget = redis_url().parse().unwrap();
-    let redis = Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap();
+    let redis = redis_in(&namespace);
     let ttl = Duration::from_secs(3600);
     let statuses = StatusStore::new(redis, ttl);
     let now = OffsetDateTime::now_utc();
     let due = now + Duration::from_secs(30 * 24 * 3600);
-    let to = Target::User(UserTarget {
-        tenant_id: "t".into(),
-        aad_object_id: "u".into(),
-    });
-    let record = StatusRecord::new(&"next-month".parse().unwrap(), to, Some(due), now);
+    let record = StatusRecord::new(&"next-month".parse().unwrap(), a_user(), Some(due), now);
     statuses.create(&record).await.unwrap().unwrap();
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -85,20 +88,15 @@ async fn a_record_of_a_job_due_later_lives_until_its_ttl_has_run_from_the_due_ti
 async fn an_outcome_and_its_sent_message_are_written_together_even_after_redis_forgot_the_script() {
     let namespace = fresh_namespace();
     let _guard = NamespaceGuard::new(&namespace);
-    let target: RedisTarget = redis_url().parse().unwrap();
-    let redis = Redis::new(&target, namespace.parse::<Namespace>().unwrap()).unwrap();
+    let redis = redis_in(&namespace);
     let ttl = Duration::from_secs(3600);
     let statuses = StatusStore::new(redis.clone(), ttl);
     let sent = SentStore::new(redis.clone(), ttl);
-    let to = Target::User(UserTarget {
-        tenant_id: "t".into(),
-        aad_object_id: "u".into(),
-    });
     let deliver = |n: u64| {
         let id = format!("n-{n}");
         let record = StatusRecord::new(
             &id.parse().unwrap(),
-            to.clone(),
+            a_user(),
             None,
             OffsetDateTime::now_utc(),
         );
