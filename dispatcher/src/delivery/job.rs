@@ -6,12 +6,9 @@ use std::time::Duration;
 
 use herald_shared::{
     broadcast::BroadcastStatus,
-    calendar::RecipientClock,
     events::{CloudEvent, EventType, NotificationChanged},
     job::{Change, ChangeKind, Job, JobId, Target},
-    store::{
-        BeginSend, Ended, JobStatus, Outcome, Remember, SentMessage, StatusRecord, StoreError,
-    },
+    store::{BeginSend, Ended, JobStatus, Outcome, Remember, SentMessage, StatusRecord},
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -50,7 +47,9 @@ impl Handler {
         // at every arrival, so a zone or quiet hours changed while it waited still count.
         // The target's lookup only reads, so it runs beside the clock's: one round trip.
         let (clock, lookup) = tokio::join!(
-            self.until_done("read the recipient's clock", || self.recipient_clock(job)),
+            self.until_done("read the recipient's clock", || {
+                self.users.recipient_clock(&job.to, self.default_time_zone)
+            }),
             self.until_done("look up the target", || self.resolver.look_up(&job.to)),
         );
         let (clock, lookup) = (clock?, lookup?);
@@ -234,13 +233,6 @@ impl Handler {
         // The pacer learns the call is done beside the outcome's record: one round trip.
         let (settled, ()) = tokio::join!(settled, self.note_sent(&paced, answered));
         settled
-    }
-
-    /// The recipient's clock: a user's zone and quiet hours as stored, else the default zone.
-    async fn recipient_clock(&self, job: &Job) -> Result<RecipientClock, StoreError> {
-        self.users
-            .recipient_clock(&job.to, self.default_time_zone)
-            .await
     }
 
     /// Records that the job waits until `until` for its time, so that it reads `scheduled`
@@ -502,7 +494,9 @@ impl Handler {
             // and a task's future is copied whole as it is spawned and ends.
             let count = async {
                 match broadcast {
-                    Some(_) => Box::pin(self.count_end(broadcast, &job.id, status)).await,
+                    Some(tag) => Box::pin(self.count_end(tag, &job.id, status))
+                        .await
+                        .map(Some),
                     None => Ok(None),
                 }
             };
@@ -550,13 +544,10 @@ impl Handler {
     /// Counts the end of a broadcast's message in the broadcast (once, however often told).
     async fn count_end(
         &self,
-        broadcast: Option<&BroadcastTag>,
+        broadcast: &BroadcastTag,
         id: &str,
         status: JobStatus,
-    ) -> Result<Option<Ended>, Interrupted> {
-        let Some(broadcast) = broadcast else {
-            return Ok(None);
-        };
+    ) -> Result<Ended, Interrupted> {
         let now = OffsetDateTime::now_utc();
         let ended = self
             .until_done("count the end in the broadcast", || {
@@ -570,7 +561,7 @@ impl Handler {
                 .inc();
         }
         self.tell_if_settled(&broadcast.id, &ended.told).await?;
-        Ok(Some(ended))
+        Ok(ended)
     }
 }
 
@@ -592,12 +583,12 @@ impl Handler {
         if let Some(event) = NotificationChanged::ended(self.events.source(), &record, now) {
             self.until_done("publish the event", || self.events.publish_unnoted(&event))
                 .await?;
-            let ended = self.count_end(broadcast, id, record.status).await?;
-            // What the first handling did not get to: a change of the broadcast to catch up.
-            if let (Some(tag), Some(ended), JobStatus::Delivered) =
-                (broadcast, ended, record.status)
-            {
-                self.catch_up(&record.id, tag, ended).await?;
+            if let Some(tag) = broadcast {
+                let ended = self.count_end(tag, id, record.status).await?;
+                // What the first handling did not get to: a change of the broadcast to catch up.
+                if record.status == JobStatus::Delivered {
+                    self.catch_up(&record.id, tag, ended).await?;
+                }
             }
         }
         Ok(())
